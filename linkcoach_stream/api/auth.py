@@ -1,0 +1,63 @@
+"""Token minting (trusted callers with an API key) and refresh-token rotation."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.routing import Route
+
+from ..domain.taxonomy import resolve_type
+from ..errors import ValidationFailed
+from .common import JSON, read_model
+
+USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(pattern=USER_ID_PATTERN)
+    email: str | None = Field(default=None, max_length=254)
+    leadership_type: str | None = Field(default=None, max_length=64)
+
+
+class RefreshRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    refresh_token: str = Field(min_length=10, max_length=200)
+
+
+async def mint_token(request: Request) -> JSON:
+    state = request.state
+    api_key = request.headers.get("x-api-key")
+    if api_key is None:
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("apikey "):
+            api_key = auth[7:].strip()
+    state.tokens.check_api_key(api_key)
+    body = await read_model(request, TokenRequest)
+    leadership_type = None
+    if body.leadership_type:
+        resolved = resolve_type(body.leadership_type)
+        if resolved is None:
+            raise ValidationFailed(
+                "leadership_type: unknown leadership type", field="leadership_type"
+            )
+        leadership_type = resolved.code
+    async with state.db.acquire() as conn:
+        pair = await state.tokens.mint_for_user(
+            conn, user_id=body.user_id, email=body.email, leadership_type=leadership_type
+        )
+    request.state.user_id = body.user_id
+    return JSON({**pair.body(), "user_id": body.user_id}, status_code=201)
+
+
+async def refresh(request: Request) -> JSON:
+    body = await read_model(request, RefreshRequest)
+    async with request.state.db.acquire() as conn:
+        pair = await request.state.tokens.rotate(conn, refresh_token=body.refresh_token)
+    return JSON(pair.body())
+
+
+routes = [
+    Route("/auth/token", mint_token, methods=["POST"], name="auth:token"),
+    Route("/auth/refresh", refresh, methods=["POST"], name="auth:refresh"),
+]

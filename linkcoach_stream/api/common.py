@@ -1,0 +1,109 @@
+"""Helpers every route shares: JSON in and out, body limits, the caller's identity."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from ..db.repositories import users
+from ..errors import BadRequest, PayloadTooLarge, Unauthorized, ValidationFailed
+from ..services.auth import Principal
+
+M = TypeVar("M", bound=BaseModel)
+_BEARER = re.compile(r"^Bearer\s+(\S+)\s*$", re.IGNORECASE)
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+class JSON(Response):
+    """JSON response with raw UTF-8 Korean text (no \\u escapes) and datetime support."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+async def read_body(request: Request) -> bytes:
+    limit: int = request.state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        except ValueError as exc:
+            raise BadRequest("Content-Length header is not a number") from exc
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_bytes(raw: bytes) -> Any:
+    if not raw.strip():
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc.msg}", code="invalid_json") from exc
+
+
+def validate(model: type[M], data: Any) -> M:
+    if not isinstance(data, dict):
+        raise ValidationFailed("request body must be a JSON object", field="body")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ValidationFailed(f"{field}: {first['msg']}", field=field) from exc
+
+
+async def read_model(request: Request, model: type[M]) -> M:
+    return validate(model, parse_json_bytes(await read_body(request)))
+
+
+def bearer_token(conn: HTTPConnection) -> str:
+    header = conn.headers.get("authorization")
+    if not header:
+        raise Unauthorized("an Authorization: Bearer token is required", code="missing_token")
+    match = _BEARER.match(header)
+    if not match:
+        raise Unauthorized("Authorization header must be 'Bearer <token>'", code="invalid_token")
+    return match[1]
+
+
+async def authenticate_token(conn: HTTPConnection, token: str) -> Principal:
+    principal: Principal = conn.state.tokens.verify_access(token)
+    async with conn.state.db.acquire() as db:
+        if not await users.is_active(db, user_id=principal.user_id):
+            raise Unauthorized("the token's user does not exist", code="unknown_user")
+    conn.state.user_id = principal.user_id
+    return principal
+
+
+async def require_user(conn: HTTPConnection) -> Principal:
+    return await authenticate_token(conn, bearer_token(conn))
+
+
+def path_uuid(request: Request, name: str) -> Any:
+    import uuid
+
+    raw = request.path_params[name]
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError:
+        from ..errors import NotFound
+
+        raise NotFound(f"no such {name.removesuffix('_id')}") from None

@@ -1,0 +1,70 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .common import JSON
+
+
+async def health(request: Request) -> JSON:
+    return JSON({"status": "ok"})
+
+
+async def _check(name: str, probe: Any, timeout: float = 2.0) -> tuple[str, str | None]:
+    try:
+        await asyncio.wait_for(probe(), timeout)
+        return name, None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        return name, f"{type(exc).__name__}: {exc}"[:200]
+
+
+async def ready(request: Request) -> JSON:
+    state = request.state
+
+    async def pg() -> None:
+        async with state.db.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def redis() -> None:
+        await state.redis.ping()
+
+    probes = [("postgres", pg), ("redis", redis)]
+    retriever = getattr(state, "retriever", None)
+    if retriever is not None:
+        probes.append(("chroma", retriever.ping))
+    results = await asyncio.gather(*(_check(n, p) for n, p in probes))
+    checks = {name: ("ok" if err is None else "down") for name, err in results}
+    down = [name for name, err in results if err is not None]
+    if down:
+        return JSON(
+            {
+                "status": "unavailable",
+                "checks": checks,
+                "error": {
+                    "code": "not_ready",
+                    "message": "backing service down: " + ", ".join(down),
+                    "down": down,
+                },
+            },
+            status_code=503,
+        )
+    return JSON({"status": "ready", "checks": checks})
+
+
+async def metrics(request: Request) -> Response:
+    state = request.state
+    state.metrics.api_log_dropped.set(state.apilog.dropped)
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+routes = [
+    Route("/health", health, methods=["GET"], name="health"),
+    Route("/ready", ready, methods=["GET"], name="ready"),
+    Route("/metrics", metrics, methods=["GET"], name="metrics"),
+]

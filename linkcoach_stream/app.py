@@ -1,0 +1,163 @@
+"""The application factory and its one lifespan.
+
+Every pool and client is opened in the lifespan and handed to handlers as state
+(`request.state.db`, `.redis`, ...); nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount
+
+from .api import auth, conversations, health
+from .api.common import JSON
+from .api.middleware import RequestContextMiddleware
+from .config import Settings
+from .db.migrate import apply_migrations
+from .db.pool import create_pool
+from .db.repositories import conversations as conversations_repo
+from .embedded.postgres import EmbeddedPostgres
+from .embedded.redis import EmbeddedRedis
+from .errors import AppError
+from .metrics import Metrics
+from .services.apilog import ApiLogWriter
+from .services.auth import TokenService
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "rate_limited",
+}
+
+
+async def app_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AppError)
+    request.state.error_code = exc.code
+    return JSON(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = {
+        404: "no route matches this path",
+        405: "method not allowed on this path",
+    }.get(exc.status_code, str(exc.detail))
+    return JSON(
+        {"error": {"code": code, "message": message}},
+        status_code=exc.status_code,
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def unhandled_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error", exc_info=exc)
+    return JSON(
+        {"error": {"code": "internal_error", "message": "internal server error"}},
+        status_code=500,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    """Open every backing service; used by the app lifespan and by the CLI."""
+    async with contextlib.AsyncExitStack() as stack:
+        dsn = settings.database_url
+        embedded_pg = dsn is None
+        if dsn is None:
+            pg = EmbeddedPostgres(settings.data_dir / "postgres")
+            dsn = pg.start()
+            stack.callback(pg.stop)
+        pool = await create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        stack.push_async_callback(pool.close)
+        async with pool.acquire() as conn:
+            await apply_migrations(conn)
+            # A single embedded process owns every row; elsewhere only rows idle for longer
+            # than any generation can run belong to a dead writer.
+            stale_after = 0.0 if embedded_pg else settings.llm_total_timeout_s + 30
+            fixed = await conversations_repo.interrupt_stale_streaming(
+                conn, older_than_s=stale_after
+            )
+            if fixed:
+                log.warning("stale streaming messages marked interrupted", extra={"count": fixed})
+
+        redis_url = settings.redis_url
+        if redis_url is None:
+            embedded_redis = EmbeddedRedis(settings.data_dir / "redis")
+            redis_url = embedded_redis.start()
+            stack.callback(embedded_redis.stop)
+        redis = aioredis.from_url(
+            redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+        )
+        stack.push_async_callback(redis.aclose)
+
+        apilog = ApiLogWriter(
+            pool,
+            max_queue=settings.api_log_queue_size,
+            batch_size=settings.api_log_batch_size,
+            flush_interval_s=settings.api_log_flush_interval_s,
+        )
+        await apilog.start()
+        stack.push_async_callback(apilog.stop)
+
+        yield {
+            "settings": settings,
+            "db": pool,
+            "redis": redis,
+            "apilog": apilog,
+            "tokens": TokenService(settings),
+            "metrics": Metrics(),
+        }
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = (settings or Settings.from_env()).validate()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        async with open_resources(settings) as state:
+            log.info(
+                "ready",
+                extra={"provider": settings.provider_name, "env": settings.app_env},
+            )
+            yield state
+
+    api_v1 = [*auth.routes, *conversations.routes]
+    middleware = [
+        Middleware(RequestContextMiddleware),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Content-Type", "Authorization", "Last-Event-ID", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+            max_age=600,
+        ),
+    ]
+    return Starlette(
+        routes=[*health.routes, Mount("/api/v1", routes=api_v1)],
+        middleware=middleware,
+        exception_handlers={
+            AppError: app_error,
+            HTTPException: http_error,
+            Exception: unhandled_error,
+        },
+        lifespan=lifespan,
+    )

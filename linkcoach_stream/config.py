@@ -1,0 +1,191 @@
+"""Settings read once from the environment and validated.
+
+Every part of the service has an embedded default so `linkcoach serve` runs with no
+configuration at all; setting the URL of a real service switches that part over.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "changeme", "change-me", "secret", "dev-secret", "CHANGE_ME", "linkcoach-dev-secret-not-for-production"}
+)
+DEV_JWT_SECRET = "linkcoach-dev-secret-not-for-production"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or unsafe for the chosen environment."""
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    app_env: str = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    data_dir: Path = Path(".linkcoach")
+    database_url: str | None = None
+    db_pool_min: int = 2
+    db_pool_max: int = 20
+    redis_url: str | None = None
+    redis_prefix: str = "lc:"
+    chroma_host: str | None = None
+    chroma_port: int = 8001
+    chroma_collection: str = "linkcoach_kb"
+    knowledge_base_dir: Path = Path("knowledge_base")
+    models_dir: Path = Path("models")
+
+    gemini_api_key: str | None = None
+    gemini_base_url: str | None = None
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_embedding_model: str = "text-embedding-004"
+    llm_provider: str | None = None
+    llm_temperature: float = 0.7
+    llm_max_output_tokens: int = 1024
+    llm_first_chunk_timeout_s: float = 20.0
+    llm_idle_timeout_s: float = 30.0
+    llm_total_timeout_s: float = 180.0
+    llm_retries: int = 2
+    history_token_budget: int = 3000
+
+    jwt_secret_key: str = DEV_JWT_SECRET
+    jwt_algorithm: str = "HS256"
+    jwt_issuer: str = "linkcoach-stream"
+    jwt_audience: str = "linkcoach-widget"
+    access_token_ttl_s: int = 3600
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    api_keys: tuple[str, ...] = ()
+
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 64 * 1024
+    max_question_chars: int = 2000
+    report_ttl_days: int = 30
+    report_cache_ttl_s: int = 24 * 3600
+    stream_buffer_ttl_s: int = 3600
+    stream_buffer_max_events: int = 5000
+    stream_ping_interval_s: float = 15.0
+    stream_send_timeout_s: float = 10.0
+    persist_interval_s: float = 0.25
+    coalesce_ms: float = 15.0
+
+    api_log_queue_size: int = 10_000
+    api_log_batch_size: int = 500
+    api_log_flush_interval_s: float = 1.0
+
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+    @property
+    def provider_name(self) -> str:
+        if self.llm_provider:
+            return self.llm_provider
+        return "gemini" if self.gemini_api_key else "offline"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def validate(self) -> Settings:
+        if self.jwt_algorithm not in {"HS256", "HS384", "HS512"}:
+            raise ConfigError("JWT_ALGORITHM must be one of HS256, HS384, HS512")
+        if self.is_production:
+            if self.jwt_secret_key in PLACEHOLDER_SECRETS or len(self.jwt_secret_key) < 32:
+                raise ConfigError(
+                    "JWT_SECRET_KEY must be set to a random value of at least 32 characters "
+                    "when APP_ENV=production"
+                )
+            if not self.api_keys:
+                raise ConfigError("LINKCOACH_API_KEYS must be set when APP_ENV=production")
+            if any(len(key) < 16 for key in self.api_keys):
+                raise ConfigError("each LINKCOACH_API_KEYS entry must be at least 16 characters")
+        if self.provider_name not in {"gemini", "offline"}:
+            raise ConfigError("LLM_PROVIDER must be 'gemini' or 'offline'")
+        if self.provider_name == "gemini" and not self.gemini_api_key:
+            raise ConfigError("LLM_PROVIDER=gemini needs GEMINI_API_KEY")
+        return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = dict(os.environ if env is None else env)
+
+        def get(name: str, default: str | None = None) -> str | None:
+            value = e.get(name)
+            return value if value not in (None, "") else default
+
+        def num(name: str, default: float) -> float:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                return float(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+        d = cls()
+        data_dir = Path(get("LINKCOACH_DATA_DIR", str(d.data_dir)) or d.data_dir)
+        return cls(
+            app_env=get("APP_ENV", d.app_env) or d.app_env,
+            host=get("HOST", d.host) or d.host,
+            port=int(num("PORT", d.port)),
+            log_level=(get("LOG_LEVEL", d.log_level) or d.log_level).lower(),
+            data_dir=data_dir,
+            database_url=get("DATABASE_URL"),
+            db_pool_min=int(num("DB_POOL_MIN", d.db_pool_min)),
+            db_pool_max=int(num("DB_POOL_MAX", d.db_pool_max)),
+            redis_url=get("REDIS_URL"),
+            redis_prefix=get("REDIS_PREFIX", d.redis_prefix) or d.redis_prefix,
+            chroma_host=get("CHROMA_HOST"),
+            chroma_port=int(num("CHROMA_PORT", d.chroma_port)),
+            chroma_collection=get("CHROMA_COLLECTION", d.chroma_collection)
+            or d.chroma_collection,
+            knowledge_base_dir=Path(get("KNOWLEDGE_BASE_DIR", str(d.knowledge_base_dir)) or "."),
+            models_dir=Path(get("MODELS_DIR", str(d.models_dir)) or "."),
+            gemini_api_key=get("GEMINI_API_KEY"),
+            gemini_base_url=get("GEMINI_BASE_URL"),
+            gemini_model=get("GEMINI_MODEL", d.gemini_model) or d.gemini_model,
+            gemini_embedding_model=get("GEMINI_EMBEDDING_MODEL", d.gemini_embedding_model)
+            or d.gemini_embedding_model,
+            llm_provider=get("LLM_PROVIDER"),
+            llm_temperature=num("LLM_TEMPERATURE", d.llm_temperature),
+            llm_max_output_tokens=int(num("LLM_MAX_OUTPUT_TOKENS", d.llm_max_output_tokens)),
+            llm_first_chunk_timeout_s=num("LLM_FIRST_CHUNK_TIMEOUT", d.llm_first_chunk_timeout_s),
+            llm_idle_timeout_s=num("LLM_IDLE_TIMEOUT", d.llm_idle_timeout_s),
+            llm_total_timeout_s=num("LLM_TOTAL_TIMEOUT", d.llm_total_timeout_s),
+            llm_retries=int(num("LLM_RETRIES", d.llm_retries)),
+            history_token_budget=int(num("HISTORY_TOKEN_BUDGET", d.history_token_budget)),
+            jwt_secret_key=get("JWT_SECRET_KEY", d.jwt_secret_key) or "",
+            jwt_algorithm=get("JWT_ALGORITHM", d.jwt_algorithm) or d.jwt_algorithm,
+            jwt_issuer=get("JWT_ISSUER", d.jwt_issuer) or d.jwt_issuer,
+            jwt_audience=get("JWT_AUDIENCE", d.jwt_audience) or d.jwt_audience,
+            access_token_ttl_s=int(num("ACCESS_TOKEN_TTL", d.access_token_ttl_s)),
+            refresh_token_ttl_s=int(num("REFRESH_TOKEN_TTL", d.refresh_token_ttl_s)),
+            api_keys=_csv(get("LINKCOACH_API_KEYS", "") or ""),
+            cors_origins=_csv(get("CORS_ORIGINS", "") or ""),
+            max_body_bytes=int(num("MAX_BODY_BYTES", d.max_body_bytes)),
+            max_question_chars=int(num("MAX_QUESTION_CHARS", d.max_question_chars)),
+            report_ttl_days=int(num("REPORT_TTL_DAYS", d.report_ttl_days)),
+            report_cache_ttl_s=int(num("REPORT_CACHE_TTL", d.report_cache_ttl_s)),
+            stream_buffer_ttl_s=int(num("STREAM_BUFFER_TTL", d.stream_buffer_ttl_s)),
+            stream_ping_interval_s=num("STREAM_PING_INTERVAL", d.stream_ping_interval_s),
+            stream_send_timeout_s=num("STREAM_SEND_TIMEOUT", d.stream_send_timeout_s),
+            api_log_queue_size=int(num("API_LOG_QUEUE_SIZE", d.api_log_queue_size)),
+        ).validate()
+
+
+def is_truthy(value: str | None) -> bool:
+    return value is not None and _bool(value)

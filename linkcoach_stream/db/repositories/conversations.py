@@ -1,0 +1,279 @@
+"""Conversations and their messages. Every query is scoped by the owner's user id, so a
+wrong owner reads exactly like a missing row."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ...errors import NotFound
+
+CONVERSATION_COLUMNS = "id, user_id, report_id, title, leadership_type, created_at, updated_at"
+MESSAGE_COLUMNS = (
+    "id, seq, conversation_id, role, content, status, reply_to, client_message_id, provider, "
+    "model, prompt_tokens, completion_tokens, total_tokens, ttft_ms, latency_ms, finish_reason, "
+    "error_code, sources, created_at, updated_at"
+)
+
+
+async def create_conversation(
+    conn: asyncpg.Connection,
+    *,
+    user_id: str,
+    report_id: uuid.UUID | None = None,
+    title: str | None = None,
+    leadership_type: str | None = None,
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO conversations (id, user_id, report_id, title, leadership_type)
+        VALUES ($1, $2, $3, $4, $5)
+        RETURNING {CONVERSATION_COLUMNS}
+        """,
+        uuid.uuid4(),
+        user_id,
+        report_id,
+        title,
+        leadership_type,
+    )
+    assert row is not None
+    return row
+
+
+async def get_conversation(
+    conn: asyncpg.Connection, *, conversation_id: uuid.UUID, user_id: str
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1 AND user_id = $2",
+        conversation_id,
+        user_id,
+    )
+    if row is None:
+        raise NotFound("conversation not found")
+    return row
+
+
+async def list_conversations(
+    conn: asyncpg.Connection,
+    *,
+    user_id: str,
+    limit: int,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[asyncpg.Record]:
+    if before is None:
+        return await conn.fetch(
+            f"""
+            SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE user_id = $1
+            ORDER BY updated_at DESC, id DESC LIMIT $2
+            """,
+            user_id,
+            limit,
+        )
+    return await conn.fetch(
+        f"""
+        SELECT {CONVERSATION_COLUMNS} FROM conversations
+        WHERE user_id = $1 AND (updated_at, id) < ($2, $3)
+        ORDER BY updated_at DESC, id DESC LIMIT $4
+        """,
+        user_id,
+        before[0],
+        before[1],
+        limit,
+    )
+
+
+async def delete_conversation(
+    conn: asyncpg.Connection, *, conversation_id: uuid.UUID, user_id: str
+) -> None:
+    result = await conn.execute(
+        "DELETE FROM conversations WHERE id = $1 AND user_id = $2", conversation_id, user_id
+    )
+    if result != "DELETE 1":
+        raise NotFound("conversation not found")
+
+
+async def touch_conversation(
+    conn: asyncpg.Connection, *, conversation_id: uuid.UUID, title: str | None = None
+) -> None:
+    await conn.execute(
+        "UPDATE conversations SET updated_at = now(), title = COALESCE(title, $2) WHERE id = $1",
+        conversation_id,
+        title,
+    )
+
+
+async def list_messages(
+    conn: asyncpg.Connection,
+    *,
+    conversation_id: uuid.UUID,
+    limit: int,
+    after_seq: int | None = None,
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"""
+        SELECT {MESSAGE_COLUMNS} FROM messages
+        WHERE conversation_id = $1 AND seq > $2
+        ORDER BY seq LIMIT $3
+        """,
+        conversation_id,
+        after_seq or 0,
+        limit,
+    )
+
+
+async def recent_history(
+    conn: asyncpg.Connection, *, conversation_id: uuid.UUID, limit: int
+) -> list[asyncpg.Record]:
+    """The newest completed or partial turns, oldest first, for the prompt."""
+    rows = await conn.fetch(
+        """
+        SELECT role, content FROM messages
+        WHERE conversation_id = $1 AND content <> '' AND status <> 'error'
+        ORDER BY seq DESC LIMIT $2
+        """,
+        conversation_id,
+        limit,
+    )
+    return list(reversed(rows))
+
+
+async def insert_user_message(
+    conn: asyncpg.Connection,
+    *,
+    conversation_id: uuid.UUID,
+    user_id: str,
+    content: str,
+    client_message_id: str | None,
+) -> asyncpg.Record | None:
+    """Insert the user's message; None when the same client_message_id already exists."""
+    return await conn.fetchrow(
+        f"""
+        INSERT INTO messages (id, conversation_id, user_id, role, content, status,
+                              client_message_id)
+        VALUES ($1, $2, $3, 'user', $4, 'complete', $5)
+        ON CONFLICT (conversation_id, client_message_id)
+            WHERE role = 'user' AND client_message_id IS NOT NULL
+        DO NOTHING
+        RETURNING {MESSAGE_COLUMNS}
+        """,
+        uuid.uuid4(),
+        conversation_id,
+        user_id,
+        content,
+        client_message_id,
+    )
+
+
+async def find_turn_by_client_id(
+    conn: asyncpg.Connection, *, conversation_id: uuid.UUID, client_message_id: str
+) -> tuple[asyncpg.Record, asyncpg.Record | None] | None:
+    user_msg = await conn.fetchrow(
+        f"""
+        SELECT {MESSAGE_COLUMNS} FROM messages
+        WHERE conversation_id = $1 AND client_message_id = $2 AND role = 'user'
+        """,
+        conversation_id,
+        client_message_id,
+    )
+    if user_msg is None:
+        return None
+    reply = await conn.fetchrow(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE reply_to = $1", user_msg["id"]
+    )
+    return user_msg, reply
+
+
+async def insert_assistant_message(
+    conn: asyncpg.Connection,
+    *,
+    message_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    user_id: str,
+    reply_to: uuid.UUID,
+    provider: str,
+    model: str | None,
+    sources: list[dict[str, Any]],
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO messages (id, conversation_id, user_id, role, content, status, reply_to,
+                              provider, model, sources)
+        VALUES ($1, $2, $3, 'assistant', '', 'streaming', $4, $5, $6, $7)
+        """,
+        message_id,
+        conversation_id,
+        user_id,
+        reply_to,
+        provider,
+        model,
+        sources,
+    )
+
+
+async def update_partial(conn: asyncpg.Connection, *, message_id: uuid.UUID, content: str) -> None:
+    await conn.execute(
+        "UPDATE messages SET content = $2, updated_at = now() WHERE id = $1 AND status = 'streaming'",
+        message_id,
+        content,
+    )
+
+
+async def finish_message(
+    conn: asyncpg.Connection,
+    *,
+    message_id: uuid.UUID,
+    content: str,
+    status: str,
+    finish_reason: str | None,
+    error_code: str | None,
+    usage: dict[str, int | None],
+    ttft_ms: int | None,
+    latency_ms: int | None,
+) -> None:
+    await conn.execute(
+        """
+        UPDATE messages SET content = $2, status = $3, finish_reason = $4, error_code = $5,
+               prompt_tokens = $6, completion_tokens = $7, total_tokens = $8,
+               ttft_ms = $9, latency_ms = $10, updated_at = now()
+        WHERE id = $1
+        """,
+        message_id,
+        content,
+        status,
+        finish_reason,
+        error_code,
+        usage.get("prompt_tokens"),
+        usage.get("completion_tokens"),
+        usage.get("total_tokens"),
+        ttft_ms,
+        latency_ms,
+    )
+
+
+async def get_message(
+    conn: asyncpg.Connection, *, message_id: uuid.UUID, user_id: str
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND user_id = $2",
+        message_id,
+        user_id,
+    )
+    if row is None:
+        raise NotFound("message not found")
+    return row
+
+
+async def interrupt_stale_streaming(conn: asyncpg.Connection, *, older_than_s: float) -> int:
+    """Mark `streaming` rows whose writer is gone (no update for a while) as interrupted."""
+    result = await conn.execute(
+        """
+        UPDATE messages SET status = 'interrupted', finish_reason = 'server_restart',
+               updated_at = now()
+        WHERE status = 'streaming' AND updated_at < now() - make_interval(secs => $1)
+        """,
+        older_than_s,
+    )
+    return int(result.split()[-1])

@@ -1,0 +1,64 @@
+"""Prometheus metrics, held in a registry per app so several apps in one process
+(tests, the benchmark's baseline) never share counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "linkcoach_http_requests_total", "HTTP requests", ["method", "route", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "linkcoach_http_request_seconds", "HTTP request duration", ["method", "route"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.active_streams = Gauge(
+            "linkcoach_active_streams", "Open client streams", ["transport"], registry=r
+        )
+        self.active_generations = Gauge(
+            "linkcoach_active_generations", "Generations running in this process", registry=r
+        )
+        self.ttft_seconds = Histogram(
+            "linkcoach_time_to_first_chunk_seconds", "Time from request to first chunk",
+            ["provider"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.chunk_gap_seconds = Histogram(
+            "linkcoach_inter_chunk_seconds", "Gap between chunks from the provider",
+            ["provider"], buckets=_GAP_BUCKETS, registry=r,
+        )
+        self.llm_errors = Counter(
+            "linkcoach_llm_errors_total", "LLM failures by kind", ["provider", "kind"], registry=r
+        )
+        self.tokens = Counter(
+            "linkcoach_llm_tokens_total", "Tokens used", ["provider", "kind"], registry=r
+        )
+        self.cache = Counter(
+            "linkcoach_report_cache_total", "Report cache lookups", ["tier", "result"], registry=r
+        )
+        self.api_log_dropped = Gauge(
+            "linkcoach_api_log_dropped", "API log entries dropped (queue full or DB down)",
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "linkcoach_rate_limited_total", "Requests refused by a rate limit", ["scope"],
+            registry=r,
+        )
+        self.degraded = Counter(
+            "linkcoach_degraded_total", "Operations served without a backing service",
+            ["service"], registry=r,
+        )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.request_seconds.labels(method, route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
