@@ -108,7 +108,7 @@ class Item:
 ITEMS: tuple[Item, ...] = (
     Item("S1", "공유", "나는 팀의 목표와 방향을 구성원들과 분명하게 공유한다."),
     Item("S2", "공유", "중요한 결정을 내리기 전에 구성원들의 의견을 구한다."),
-    Item("S3", "공유", "팀의 목표는 내가 정하고 구성원들에게는 결과만 알려 주는 편이다.", reverse=True),
+    Item("S3", "공유", "팀의 목표는 내가 정하고 구성원들에게는 결과만 알린다.", reverse=True),
     Item("S4", "공유", "구성원들이 업무 계획을 세우는 과정에 직접 참여하게 한다."),
     Item("S5", "공유", "팀의 성과와 진행 상황을 구성원 모두가 알 수 있게 공개한다."),
     Item("S6", "공유", "업무 정보는 꼭 필요한 사람에게만 알려 주는 편이다.", reverse=True),
@@ -412,8 +412,8 @@ class LeadershipClassifier:
         ``TRUSTED_TYPES`` and skops' defaults, or is not one of our pipelines.
         """
         import skops.io as sio
-        from skops.io.exceptions import UntrustedTypesFoundException
         from sklearn.pipeline import Pipeline
+        from skops.io.exceptions import UntrustedTypesFoundException
 
         path = Path(path)
         try:
@@ -513,10 +513,10 @@ not flipped), `code` a type code such as `HLH`."""
         f"| **{code}** | " + " | ".join(str(v) for v in row) + " |"
         for code, row in zip(labels, matrix, strict=True)
     )
-    retrain = (
-        f"linkcoach train --out models --n {data['n']} --seed {data['seed']}"
+    flags = (
+        f"--out models --n {data['n']} --seed {data['seed']}"
         if data["source"] == "synthetic"
-        else f"linkcoach train --out models --data {data['file']}"
+        else f"--out models --data {data['file']} --seed {data['seed']}"
     )
     return f"""# Leadership-type classifier (v{metadata["version"]})
 
@@ -605,9 +605,9 @@ of the other candidates is shown for reference, not used for the choice.
 ## Retraining
 
 ```sh
-{retrain}
+linkcoach train {flags}
 # or, without the CLI:
-python -m linkcoach_stream.ml.classifier --out models --n {data.get("n", 12000)} --seed {m["seed"]}
+python -m linkcoach_stream.ml.classifier {flags}
 # on real labelled answers (CSV: 18 item-id columns + code):
 linkcoach train --out models --data answers.csv
 ```
