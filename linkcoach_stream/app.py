@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from .api import auth, conversations, health
+from .api import auth, coaching, conversations, health, ws
 from .api.common import JSON
 from .api.middleware import RequestContextMiddleware
 from .config import Settings
@@ -30,9 +30,14 @@ from .db.repositories import conversations as conversations_repo
 from .embedded.postgres import EmbeddedPostgres
 from .embedded.redis import EmbeddedRedis
 from .errors import AppError
+from .llm.base import LLMProvider
+from .llm.offline import OfflineProvider
 from .metrics import Metrics
 from .services.apilog import ApiLogWriter
 from .services.auth import TokenService
+from .services.chat import ChatService
+from .services.persist import PartialWriter
+from .services.streams import StreamHub
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +122,62 @@ async def open_resources(settings: Settings) -> AsyncIterator[dict[str, Any]]:
         await apilog.start()
         stack.push_async_callback(apilog.stop)
 
+        metrics = Metrics()
+        provider = open_provider(settings)
+        stack.push_async_callback(provider.aclose)
+        retriever = await open_retrieval(settings)
+        if retriever is not None:
+            stack.push_async_callback(retriever.close)
+
+        partials = PartialWriter(pool, interval_s=settings.persist_interval_s)
+        await partials.start()
+        stack.push_async_callback(partials.stop)
+        hub = StreamHub(
+            redis,
+            prefix=settings.redis_prefix,
+            ttl_s=settings.stream_buffer_ttl_s,
+            max_events=settings.stream_buffer_max_events,
+        )
+        await hub.start()
+        stack.push_async_callback(hub.stop, settings.shutdown_grace_s)
+        chat = ChatService(
+            settings=settings,
+            pool=pool,
+            hub=hub,
+            provider=provider,
+            retriever=retriever,
+            partials=partials,
+            metrics=metrics,
+        )
         yield {
             "settings": settings,
             "db": pool,
             "redis": redis,
             "apilog": apilog,
             "tokens": TokenService(settings),
-            "metrics": Metrics(),
+            "metrics": metrics,
+            "provider": provider,
+            "retriever": retriever,
+            "hub": hub,
+            "chat": chat,
         }
+
+
+def open_provider(settings: Settings) -> LLMProvider:
+    if settings.provider_name == "gemini":
+        from .llm.gemini import GeminiProvider
+
+        return GeminiProvider(settings)
+    return OfflineProvider()
+
+
+async def open_retrieval(settings: Settings) -> Any:
+    """The knowledge-base retriever, or None when retrieval is switched off."""
+    if not settings.retrieval_enabled:
+        return None
+    from .rag.retriever import open_retriever
+
+    return await open_retriever(settings)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -139,7 +192,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
             yield state
 
-    api_v1 = [*auth.routes, *conversations.routes]
+    api_v1 = [*auth.routes, *conversations.routes, *coaching.routes, *ws.routes]
     middleware = [
         Middleware(RequestContextMiddleware),
         Middleware(
@@ -152,7 +205,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ),
     ]
     return Starlette(
-        routes=[*health.routes, Mount("/api/v1", routes=api_v1)],
+        routes=[*health.routes, *coaching.legacy_routes, Mount("/api/v1", routes=api_v1)],
         middleware=middleware,
         exception_handlers={
             AppError: app_error,

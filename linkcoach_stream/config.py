@@ -80,6 +80,8 @@ class Settings:
     stream_send_timeout_s: float = 10.0
     persist_interval_s: float = 0.25
     coalesce_ms: float = 15.0
+    shutdown_grace_s: float = 20.0
+    retrieval_enabled: bool = True
 
     api_log_queue_size: int = 10_000
     api_log_batch_size: int = 500
@@ -184,6 +186,10 @@ class Settings:
             stream_ping_interval_s=num("STREAM_PING_INTERVAL", d.stream_ping_interval_s),
             stream_send_timeout_s=num("STREAM_SEND_TIMEOUT", d.stream_send_timeout_s),
             api_log_queue_size=int(num("API_LOG_QUEUE_SIZE", d.api_log_queue_size)),
+            coalesce_ms=num("STREAM_COALESCE_MS", d.coalesce_ms),
+            persist_interval_s=num("PERSIST_INTERVAL", d.persist_interval_s),
+            shutdown_grace_s=num("SHUTDOWN_GRACE", d.shutdown_grace_s),
+            retrieval_enabled=_bool(get("RETRIEVAL_ENABLED", "true") or "true"),
         ).validate()
 
 

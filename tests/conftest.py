@@ -114,6 +114,8 @@ def settings(database_url: str, redis_url: str, work_dir: Path) -> Settings:
         max_body_bytes=64 * 1024,
         persist_interval_s=0.05,
         api_log_flush_interval_s=0.05,
+        retrieval_enabled=False,
+        stream_ping_interval_s=5,
     ).validate()
 
 
@@ -215,3 +217,174 @@ async def alice(client: httpx.AsyncClient) -> User:
 @pytest.fixture
 async def bob(client: httpx.AsyncClient) -> User:
     return await make_user(client, leadership_type="LLL", prefix="bob")
+
+
+# -- streaming helpers -------------------------------------------------------------------
+
+
+@dataclass
+class SSE:
+    id: int | None
+    event: str
+    data: dict
+
+
+async def read_sse(response: httpx.Response, *, stop_after: int | None = None) -> list[SSE]:
+    """Parse an SSE response into events (comments/pings skipped)."""
+    import json
+
+    events: list[SSE] = []
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if "data" in fields:
+                events.append(
+                    SSE(
+                        int(fields["id"]) if "id" in fields else None,
+                        fields.get("event", "message"),
+                        json.loads(fields["data"]),
+                    )
+                )
+                if events[-1].event in ("done", "error"):
+                    break
+                if stop_after is not None and len(events) >= stop_after:
+                    break
+            fields = {}
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        fields[name] = value[1:] if value.startswith(" ") else value
+    return events
+
+
+def text_of(events: list[SSE]) -> str:
+    return "".join(e.data["text"] for e in events if e.event == "delta")
+
+
+@pytest.fixture(scope="session")
+async def emulator() -> AsyncIterator[str]:
+    from linkcoach_stream.emulator.gemini import EmulatorConfig, create_emulator_app
+
+    app = create_emulator_app(
+        EmulatorConfig(
+            ttft_ms_min=30,
+            ttft_ms_max=60,
+            chunk_interval_ms_min=20,
+            chunk_interval_ms_max=30,
+            chunks=12,
+            chunk_chars=7,
+            api_key=None,
+            seed=7,
+        )
+    )
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    srv = uvicorn.Server(config)
+    srv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(srv.serve())
+    while not srv.started:
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        await task
+
+
+def gemini_settings(settings: Settings, emulator: str) -> Settings:
+    return settings.with_overrides(
+        llm_provider="gemini",
+        gemini_api_key="emulator-key",
+        gemini_base_url=emulator,
+        llm_first_chunk_timeout_s=3.0,
+        llm_idle_timeout_s=1.5,
+        llm_retries=1,
+    )
+
+
+@pytest.fixture(scope="session")
+async def gemini_server(settings: Settings, emulator: str) -> AsyncIterator[RunningServer]:
+    running = await start_server(gemini_settings(settings, emulator))
+    try:
+        yield running
+    finally:
+        await stop_server(running)
+
+
+@pytest.fixture
+async def gclient(gemini_server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gemini_server.url, timeout=30) as c:
+        yield c
+
+
+async def emulator_stats(emulator: str) -> dict:
+    async with httpx.AsyncClient() as c:
+        return (await c.get(f"{emulator}/_emulator/stats")).json()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes a separate process use the same services as `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "GEMINI_"))}
+    env.update(
+        APP_ENV=settings.app_env,
+        DATABASE_URL=settings.database_url or "",
+        REDIS_URL=settings.redis_url or "",
+        REDIS_PREFIX=settings.redis_prefix,
+        LINKCOACH_API_KEYS=",".join(settings.api_keys),
+        CORS_ORIGINS=",".join(settings.cors_origins),
+        LLM_PROVIDER=settings.provider_name,
+        GEMINI_API_KEY=settings.gemini_api_key or "",
+        GEMINI_BASE_URL=settings.gemini_base_url or "",
+        LLM_FIRST_CHUNK_TIMEOUT=str(settings.llm_first_chunk_timeout_s),
+        LLM_IDLE_TIMEOUT=str(settings.llm_idle_timeout_s),
+        RETRIEVAL_ENABLED="true" if settings.retrieval_enabled else "false",
+        LINKCOACH_DATA_DIR=str(settings.data_dir),
+        KNOWLEDGE_BASE_DIR=str(settings.knowledge_base_dir),
+        MODELS_DIR=str(settings.models_dir),
+        PERSIST_INTERVAL=str(settings.persist_interval_s),
+        LOG_LEVEL="warning",
+    )
+    return env
+
+
+class ServerProcess:
+    """`uvicorn` serving the app factory in a separate OS process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> ServerProcess:
+        import sys
+
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "uvicorn", "linkcoach_stream.app:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets-sansio",
+            "--no-access-log", "--log-level", "warning",
+            env=settings_env(self.settings), cwd=str(ROOT),
+        )
+        async with httpx.AsyncClient() as c:
+            for _ in range(300):
+                try:
+                    if (await c.get(f"{self.url}/health")).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                if self.proc.returncode is not None:
+                    raise RuntimeError("server process exited")
+                await asyncio.sleep(0.1)
+        raise RuntimeError("server process did not start")
+
+    async def stop(self, sig: int = 15) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        return int(self.proc.returncode or 0)

@@ -1,0 +1,173 @@
+"""Coaching chat over HTTP: the SSE stream, resume, cancel, the non-streaming turn and
+the `/chat` shim for the widget in production today."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.routing import Route
+
+from ..errors import BadRequest
+from ..llm.base import Turn
+from ..services.chat import ChatService, TurnRequest, collect
+from ..services.streams import StreamEvent
+from .common import JSON, dumps, path_uuid, read_model, require_user
+
+SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str
+    conversation_id: uuid.UUID | None = None
+    report_id: uuid.UUID | None = None
+    client_message_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+    def turn(self) -> TurnRequest:
+        return TurnRequest(
+            question=self.question,
+            conversation_id=self.conversation_id,
+            report_id=self.report_id,
+            client_message_id=self.client_message_id,
+        )
+
+
+class LegacyTurn(BaseModel):
+    role: Literal["user", "assistant", "model"]
+    content: str = Field(max_length=8000)
+
+
+class LegacyChatRequest(BaseModel):
+    question: str
+    conversationHistory: list[LegacyTurn] = Field(default_factory=list, max_length=50)  # noqa: N815
+
+
+def _chat(request: Request) -> ChatService:
+    chat: ChatService = request.state.chat
+    return chat
+
+
+async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSourceResponse:
+    metrics = request.state.metrics
+    settings = request.state.settings
+
+    async def frames() -> AsyncIterator[ServerSentEvent]:
+        metrics.active_streams.labels("sse").inc()
+        try:
+            async for ev in events:
+                yield ServerSentEvent(data=dumps(ev.data).decode(), event=ev.event, id=str(ev.id))
+        finally:
+            metrics.active_streams.labels("sse").dec()
+
+    return EventSourceResponse(
+        frames(),
+        headers=SSE_HEADERS,
+        ping=settings.stream_ping_interval_s,
+        send_timeout=settings.stream_send_timeout_s,
+    )
+
+
+async def query_stream(request: Request) -> EventSourceResponse:
+    user = await require_user(request)
+    body = await read_model(request, QueryRequest)
+    chat = _chat(request)
+    started = await chat.start_turn(user, body.turn())
+    events = await chat.events(user, uuid.UUID(started.message_id))
+    return await _sse(request, events)
+
+
+def _last_event_id(request: Request) -> int:
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if raw in (None, ""):
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest("Last-Event-ID must be an integer", code="invalid_last_event_id") from None
+    if value < 0 or value > 10_000_000:
+        raise BadRequest("Last-Event-ID is out of range", code="invalid_last_event_id")
+    return value
+
+
+async def resume_stream(request: Request) -> EventSourceResponse:
+    user = await require_user(request)
+    message_id = path_uuid(request, "message_id")
+    after = _last_event_id(request)
+    events = await _chat(request).events(user, message_id, after=after)
+    return await _sse(request, events)
+
+
+async def cancel_stream(request: Request) -> JSON:
+    user = await require_user(request)
+    message_id = path_uuid(request, "message_id")
+    result = await _chat(request).cancel(user, message_id)
+    return JSON(result, status_code=202 if result["cancelled"] else 200)
+
+
+def turn_result(text: str, events: list[StreamEvent]) -> tuple[dict[str, Any], int]:
+    meta = next((e.data for e in events if e.event == "meta"), {})
+    last = events[-1] if events else None
+    body: dict[str, Any] = {
+        "conversation_id": meta.get("conversation_id"),
+        "message_id": meta.get("message_id"),
+        "answer": text,
+        "sources": meta.get("sources", []),
+        "provider": meta.get("provider"),
+    }
+    if last is not None and last.event == "error":
+        body["error"] = {"code": last.data.get("code"), "message": last.data.get("message")}
+        return body, 502
+    if last is not None:
+        body.update(
+            finish_reason=last.data.get("finish_reason"),
+            usage=last.data.get("usage"),
+            status=last.data.get("status"),
+        )
+    return body, 200
+
+
+async def query(request: Request) -> JSON:
+    user = await require_user(request)
+    body = await read_model(request, QueryRequest)
+    chat = _chat(request)
+    started = await chat.start_turn(user, body.turn())
+    text, events = await collect(await chat.events(user, uuid.UUID(started.message_id)))
+    result, status = turn_result(text, events)
+    return JSON(result, status_code=status)
+
+
+async def legacy_chat(request: Request) -> JSON:
+    user = await require_user(request)
+    body = await read_model(request, LegacyChatRequest)
+    history = tuple(
+        Turn("user" if t.role == "user" else "assistant", t.content)
+        for t in body.conversationHistory
+    )
+    chat = _chat(request)
+    started = await chat.start_turn(user, TurnRequest(question=body.question, history=history))
+    text, events = await collect(await chat.events(user, uuid.UUID(started.message_id)))
+    result, status = turn_result(text, events)
+    if status != 200:
+        return JSON({"error": result["error"]}, status_code=status)
+    return JSON({"answer": text})
+
+
+routes = [
+    Route("/coaching/query/stream", query_stream, methods=["POST"], name="coaching:stream"),
+    Route("/coaching/query", query, methods=["POST"], name="coaching:query"),
+    Route(
+        "/coaching/streams/{message_id}", resume_stream, methods=["GET"], name="coaching:resume"
+    ),
+    Route(
+        "/coaching/streams/{message_id}/cancel",
+        cancel_stream,
+        methods=["POST"],
+        name="coaching:cancel",
+    ),
+]
+legacy_routes = [Route("/chat", legacy_chat, methods=["POST"], name="legacy:chat")]

@@ -1,0 +1,217 @@
+"""The coaching WebSocket: one socket per conversation, many turns.
+
+Protocol (also in the README):
+- Auth before any work. Browsers cannot set headers on a WebSocket, so the token comes
+  as the subprotocol pair `["bearer", <token>]` (the server echoes `bearer`, or Chrome
+  and Firefox close with 1002) or in a first frame `{"type": "auth", "token": ...}` sent
+  within AUTH_TIMEOUT_S. A token in the query string is never read: it lands in logs.
+- `Origin`, when present, must be in CORS_ORIGINS (when that list is set).
+- Client frames: `question`, `cancel`, `resume`, `ping`. Server frames mirror the SSE
+  events (`meta`, `delta`, `done`, `error`, each with `id` and `message_id`) plus `pong`,
+  `ready` and `cancel_ack`. A bad frame gets an `error` frame; the socket stays open.
+- Close codes: 4401 auth failed/expired, 4403 origin refused, 1009 frame too large,
+  1011 server error, 1012 server restarting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from ..errors import AppError, Unauthorized
+from ..services.auth import Principal
+from ..services.chat import ChatService
+from ..services.streams import StreamEvent
+from .coaching import QueryRequest
+from .common import authenticate_token, dumps
+
+AUTH_TIMEOUT_S = 10.0
+MAX_CONCURRENT_TURNS = 4
+
+
+class Session:
+    def __init__(self, ws: WebSocket, user: Principal) -> None:
+        self.ws = ws
+        self.user = user
+        self.chat: ChatService = ws.state.chat
+        self.send_timeout: float = ws.state.settings.stream_send_timeout_s
+        self.forwarders: dict[str, asyncio.Task[None]] = {}
+        self._send_lock = asyncio.Lock()
+
+    async def send_text_frame(self, frame: dict[str, Any]) -> None:
+        async with self._send_lock:
+            # A client that stops reading must not hold the server's buffers forever.
+            await asyncio.wait_for(
+                self.ws.send_text(dumps(frame).decode()), self.send_timeout
+            )
+
+    async def error(self, code: str, message: str, **extra: Any) -> None:
+        await self.send_text_frame({"type": "error", "code": code, "message": message, **extra})
+
+    def forward(self, message_id: str, events: Any) -> None:
+        async def run() -> None:
+            try:
+                async for ev in events:
+                    await self.send_text_frame(_frame(ev, message_id))
+            except (WebSocketDisconnect, RuntimeError, TimeoutError, OSError):
+                pass
+            finally:
+                self.forwarders.pop(message_id, None)
+
+        old = self.forwarders.pop(message_id, None)
+        if old is not None:
+            old.cancel()
+        self.forwarders[message_id] = asyncio.create_task(run())
+
+    async def handle(self, raw: str) -> None:
+        try:
+            frame = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            await self.error("bad_frame", "frame is not valid JSON")
+            return
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            await self.error("bad_frame", "frame must be a JSON object with a string 'type'")
+            return
+        kind = frame["type"]
+        if self.user.expires_at and self.user.expires_at < time.time():
+            await self.error("token_expired", "token has expired; reconnect with a new one")
+            await self.ws.close(code=Unauthorized.ws_close, reason="token expired")
+            return
+        try:
+            if kind == "ping":
+                await self.send_text_frame({"type": "pong", "t": frame.get("t")})
+            elif kind == "question":
+                await self._question(frame)
+            elif kind == "cancel":
+                message_id = _uuid(frame.get("message_id"), "message_id")
+                result = await self.chat.cancel(self.user, message_id)
+                await self.send_text_frame({"type": "cancel_ack", **result})
+            elif kind == "resume":
+                message_id = _uuid(frame.get("message_id"), "message_id")
+                after = frame.get("last_event_id", 0)
+                if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+                    raise _FrameError("last_event_id must be a non-negative integer")
+                events = await self.chat.events(self.user, message_id, after=after)
+                self.forward(str(message_id), events)
+            elif kind == "auth":
+                await self.error("bad_frame", "already authenticated")
+            else:
+                await self.error("bad_frame", f"unknown frame type: {kind[:40]}")
+        except _FrameError as exc:
+            await self.error("bad_frame", str(exc))
+        except AppError as exc:
+            await self.error(exc.code, exc.message, **exc.extra)
+
+    async def _question(self, frame: dict[str, Any]) -> None:
+        if len(self.forwarders) >= MAX_CONCURRENT_TURNS:
+            await self.error("too_many_turns", "wait for a running answer to finish")
+            return
+        payload = {k: v for k, v in frame.items() if k != "type"}
+        try:
+            body = QueryRequest.model_validate(payload)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "frame"
+            await self.error("validation_error", f"{field}: {first['msg']}", field=field)
+            return
+        started = await self.chat.start_turn(self.user, body.turn())
+        events = await self.chat.events(self.user, uuid.UUID(started.message_id))
+        self.forward(started.message_id, events)
+
+    async def close(self) -> None:
+        for task in list(self.forwarders.values()):
+            task.cancel()
+        for task in list(self.forwarders.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class _FrameError(Exception):
+    pass
+
+
+def _uuid(value: Any, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise _FrameError(f"{name} must be a UUID") from None
+
+
+def _frame(ev: StreamEvent, message_id: str) -> dict[str, Any]:
+    return {"type": ev.event, "id": ev.id, "message_id": message_id, **ev.data}
+
+
+def _origin_allowed(ws: WebSocket) -> bool:
+    allowed = ws.state.settings.cors_origins
+    origin = ws.headers.get("origin")
+    return not allowed or origin is None or origin in allowed
+
+
+async def _authenticate(ws: WebSocket) -> Principal | None:
+    offered = list(ws.scope.get("subprotocols") or [])
+    if len(offered) >= 2 and offered[0].lower() == "bearer":
+        await ws.accept(subprotocol=offered[0])
+        try:
+            return await authenticate_token(ws, offered[1])
+        except AppError as exc:
+            await ws.close(code=Unauthorized.ws_close, reason=exc.message[:120])
+            return None
+    await ws.accept()
+    try:
+        raw = await asyncio.wait_for(ws.receive_text(), AUTH_TIMEOUT_S)
+        frame = orjson.loads(raw)
+        token = frame.get("token") if isinstance(frame, dict) else None
+        if not isinstance(frame, dict) or frame.get("type") != "auth" or not isinstance(token, str):
+            raise Unauthorized("first frame must be {\"type\": \"auth\", \"token\": ...}")
+        return await authenticate_token(ws, token)
+    except TimeoutError:
+        await ws.close(code=Unauthorized.ws_close, reason="no auth frame in time")
+    except (orjson.JSONDecodeError, KeyError):
+        await ws.close(code=Unauthorized.ws_close, reason="auth frame is not valid JSON")
+    except AppError as exc:
+        await ws.close(code=Unauthorized.ws_close, reason=exc.message[:120])
+    return None
+
+
+async def coaching_ws(ws: WebSocket) -> None:
+    if not _origin_allowed(ws):
+        await ws.close(code=4403, reason="origin not allowed")
+        return
+    try:
+        user = await _authenticate(ws)
+    except WebSocketDisconnect:
+        return
+    if user is None:
+        return
+    session = Session(ws, user)
+    metrics = ws.state.metrics
+    metrics.active_streams.labels("ws").inc()
+    try:
+        await session.send_text_frame({"type": "ready", "user_id": user.user_id})
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            if text is None:
+                await session.error("bad_frame", "binary frames are not accepted; send JSON text")
+                continue
+            await session.handle(text)
+            if ws.application_state == WebSocketState.DISCONNECTED:
+                break
+    except (WebSocketDisconnect, TimeoutError, RuntimeError):
+        pass
+    finally:
+        metrics.active_streams.labels("ws").dec()
+        await session.close()
+
+
+routes = [WebSocketRoute("/coaching/ws", coaching_ws, name="coaching:ws")]

@@ -1,0 +1,427 @@
+"""The one chat-turn pipeline that both SSE and WebSocket drive.
+
+`start_turn` validates, stores the user's message and an empty `streaming` assistant
+message in one transaction, retrieves context, and starts the generation job; `events`
+yields the turn's events (`meta`, `delta`..., then `done` or `error`) from any point, on
+any instance. Transports only translate events into frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncpg
+
+from ..config import Settings
+from ..db.repositories import conversations as repo
+from ..db.repositories import reports as reports_repo
+from ..errors import Conflict, NotFound, ValidationFailed
+from ..llm.base import ChatPrompt, LLMError, LLMProvider, PassageLike, StreamResult, Turn
+from ..llm.prompts import budget_history, system_instruction
+from ..metrics import Metrics
+from .auth import Principal
+from .persist import PartialWriter
+from .streams import Job, StreamEvent, StreamHub
+
+_HISTORY_ROWS = 40
+log = logging.getLogger(__name__)
+
+
+class Retrieval(Protocol):
+    async def search(
+        self, query: str, *, leadership_type: str | None = None, k: int = 4
+    ) -> Sequence[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    question: str
+    conversation_id: uuid.UUID | None = None
+    report_id: uuid.UUID | None = None
+    client_message_id: str | None = None
+    # Given by the legacy `/chat` shim, whose widget keeps the history itself.
+    history: tuple[Turn, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStarted:
+    conversation_id: str
+    message_id: str
+    sources: list[dict[str, Any]]
+    replayed: bool
+
+
+def source_of(passage: Any) -> dict[str, Any]:
+    return {"path": passage.path, "title": passage.title, "category": passage.category}
+
+
+def validate_question(question: str, *, max_chars: int) -> str:
+    text = question.strip()
+    if not text:
+        raise ValidationFailed("question: must not be empty", field="question")
+    if len(text) > max_chars:
+        raise ValidationFailed(
+            f"question: must be at most {max_chars} characters (got {len(text)})",
+            field="question",
+        )
+    if "\x00" in text:
+        raise ValidationFailed("question: must not contain NUL characters", field="question")
+    return text
+
+
+class ChatService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        hub: StreamHub,
+        provider: LLMProvider,
+        retriever: Retrieval | None,
+        partials: PartialWriter,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.hub = hub
+        self.provider = provider
+        self.retriever = retriever
+        self.partials = partials
+        self.metrics = metrics
+
+    # -- starting a turn --------------------------------------------------------------
+    async def start_turn(self, user: Principal, req: TurnRequest) -> TurnStarted:
+        question = validate_question(req.question, max_chars=self.settings.max_question_chars)
+        async with self.pool.acquire() as conn:
+            code = user.leadership_type
+            conversation = None
+            if req.conversation_id is not None:
+                conversation = await repo.get_conversation(
+                    conn, conversation_id=req.conversation_id, user_id=user.user_id
+                )
+                code = conversation["leadership_type"] or code
+                if req.client_message_id:
+                    existing = await repo.find_turn_by_client_id(
+                        conn,
+                        conversation_id=req.conversation_id,
+                        client_message_id=req.client_message_id,
+                    )
+                    if existing is not None:
+                        return self._replayed(conversation["id"], existing[1])
+            if req.report_id is not None:
+                report = await reports_repo.get_report(
+                    conn, report_id=req.report_id, user_id=user.user_id
+                )
+                code = report["leadership_code"]
+
+        passages: Sequence[PassageLike] = []
+        if self.retriever is not None:
+            passages = list(await self.retriever.search(question, leadership_type=code, k=4))
+        sources = [source_of(p) for p in passages]
+        message_id = uuid.uuid4()
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            if conversation is None:
+                conversation = await repo.create_conversation(
+                    conn,
+                    user_id=user.user_id,
+                    report_id=req.report_id,
+                    title=question[:60],
+                    leadership_type=code,
+                )
+            conversation_id = conversation["id"]
+            history_rows = await repo.recent_history(
+                conn, conversation_id=conversation_id, limit=_HISTORY_ROWS
+            )
+            user_msg = await repo.insert_user_message(
+                conn,
+                conversation_id=conversation_id,
+                user_id=user.user_id,
+                content=question,
+                client_message_id=req.client_message_id,
+            )
+            if user_msg is None:
+                # A concurrent request with the same client_message_id won the insert.
+                assert req.client_message_id is not None
+                existing = await repo.find_turn_by_client_id(
+                    conn,
+                    conversation_id=conversation_id,
+                    client_message_id=req.client_message_id,
+                )
+                assert existing is not None
+                return self._replayed(conversation_id, existing[1])
+            await repo.insert_assistant_message(
+                conn,
+                message_id=message_id,
+                conversation_id=conversation_id,
+                user_id=user.user_id,
+                reply_to=user_msg["id"],
+                provider=self.provider.name,
+                model=self.provider.model,
+                sources=sources,
+            )
+            await repo.touch_conversation(conn, conversation_id=conversation_id)
+
+        turns = (
+            list(req.history)
+            if req.history is not None
+            else [Turn(r["role"], r["content"]) for r in history_rows]
+        )
+        history = budget_history(
+            turns,
+            self.settings.history_token_budget,
+        )
+        prompt = ChatPrompt(
+            system=system_instruction(code),
+            history=history,
+            question=question,
+            passages=passages,
+            leadership_code=code,
+        )
+        started = TurnStarted(str(conversation_id), str(message_id), sources, replayed=False)
+        self.hub.start_job(
+            str(message_id), lambda job: self._generate(job, message_id, started, prompt)
+        )
+        return started
+
+    def _replayed(self, conversation_id: uuid.UUID, reply: asyncpg.Record | None) -> TurnStarted:
+        if reply is None:
+            raise Conflict("this client_message_id is already being answered")
+        return TurnStarted(str(conversation_id), str(reply["id"]), reply["sources"], True)
+
+    # -- the generation job -----------------------------------------------------------
+    async def _generate(
+        self, job: Job, message_id: uuid.UUID, started: TurnStarted, prompt: ChatPrompt
+    ) -> None:
+        provider = self.provider.name
+        job.emit(
+            "meta",
+            {
+                "conversation_id": started.conversation_id,
+                "message_id": started.message_id,
+                "sources": started.sources,
+                "provider": provider,
+                "model": self.provider.model,
+            },
+        )
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        first_at: float | None = None
+        last_chunk_at = t0
+        parts: list[str] = []
+        pending: list[str] = []
+        last_emit = 0.0
+        flush_handle: asyncio.TimerHandle | None = None
+        coalesce_s = self.settings.coalesce_ms / 1000
+        result = StreamResult()
+
+        def flush() -> None:
+            nonlocal flush_handle, last_emit
+            if flush_handle is not None:
+                flush_handle.cancel()
+                flush_handle = None
+            if pending and not job.finished:
+                text = "".join(pending)
+                pending.clear()
+                job.emit("delta", {"text": text})
+                last_emit = time.perf_counter()
+
+        status, finish_reason, error_code = "complete", "stop", None
+        error_message = ""
+        self.metrics.active_generations.inc()
+        try:
+            async with asyncio.timeout(self.settings.llm_total_timeout_s):
+                async for chunk in self.provider.stream(prompt, result):
+                    now = time.perf_counter()
+                    if first_at is None:
+                        first_at = now
+                        self.metrics.ttft_seconds.labels(provider).observe(now - t0)
+                    else:
+                        self.metrics.chunk_gap_seconds.labels(provider).observe(
+                            now - last_chunk_at
+                        )
+                    last_chunk_at = now
+                    parts.append(chunk)
+                    pending.append(chunk)
+                    self.partials.mark(message_id, "".join(parts))
+                    if now - last_emit >= coalesce_s:
+                        flush()
+                    elif flush_handle is None:
+                        flush_handle = loop.call_later(coalesce_s - (now - last_emit), flush)
+            finish_reason = result.finish_reason or "stop"
+        except asyncio.CancelledError:
+            status, finish_reason = "interrupted", "cancelled"
+        except TimeoutError:
+            status, finish_reason, error_code = "error", "timeout", "llm_timeout"
+            error_message = "the answer took too long and was stopped"
+            self.metrics.llm_errors.labels(provider, "total_timeout").inc()
+        except LLMError as exc:
+            status, finish_reason, error_code = "error", "error", "llm_error"
+            error_message = str(exc)
+            self.metrics.llm_errors.labels(provider, exc.kind).inc()
+        except Exception as exc:  # noqa: BLE001 - a job must always end with an event
+            status, finish_reason, error_code = "error", "error", "internal_error"
+            error_message = f"generation failed: {type(exc).__name__}"
+            self.metrics.llm_errors.labels(provider, "internal").inc()
+        finally:
+            self.metrics.active_generations.dec()
+            flush()
+            content = "".join(parts)
+            self.partials.forget(message_id)
+            usage = result.usage.as_dict()
+            for kind in ("prompt_tokens", "completion_tokens"):
+                if usage.get(kind):
+                    self.metrics.tokens.labels(provider, kind.split("_")[0]).inc(usage[kind] or 0)
+            ttft_ms = int((first_at - t0) * 1000) if first_at is not None else None
+            latency_ms = int((time.perf_counter() - t0) * 1000)
+            # The final write must land even if this task is being cancelled again.
+            await asyncio.shield(
+                self._finish(
+                    message_id,
+                    content=content,
+                    status=status,
+                    finish_reason=finish_reason,
+                    error_code=error_code,
+                    usage=usage,
+                    ttft_ms=ttft_ms,
+                    latency_ms=latency_ms,
+                )
+            )
+            if status == "error":
+                job.emit(
+                    "error",
+                    {
+                        "code": error_code,
+                        "message": error_message,
+                        "message_id": started.message_id,
+                        "partial": bool(content),
+                    },
+                )
+            else:
+                job.emit(
+                    "done",
+                    {
+                        "message_id": started.message_id,
+                        "finish_reason": finish_reason,
+                        "usage": usage,
+                        "provider": provider,
+                        "status": status,
+                    },
+                )
+
+    async def _finish(self, message_id: uuid.UUID, **fields: Any) -> None:
+        for attempt in range(5):
+            try:
+                async with self.pool.acquire() as conn:
+                    await repo.finish_message(conn, message_id=message_id, **fields)
+                return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                await asyncio.sleep(0.2 * 2**attempt)
+        log.error(
+            "final message state not stored", extra={"message_id": str(message_id)}
+        )
+
+    # -- reading a turn ---------------------------------------------------------------
+    async def events(
+        self, user: Principal, message_id: uuid.UUID, *, after: int = 0
+    ) -> AsyncIterator[StreamEvent]:
+        """Events of an owned message after `after`; raises NotFound for others."""
+        async with self.pool.acquire() as conn:
+            row = await repo.get_message(conn, message_id=message_id, user_id=user.user_id)
+        if row["role"] != "assistant":
+            raise NotFound("message not found")
+        return self._events(row, after)
+
+    async def _events(self, row: asyncpg.Record, after: int) -> AsyncIterator[StreamEvent]:
+        mid = str(row["id"])
+        if self.hub.local_job(mid) is not None or await self.hub.buffered(mid):
+            async for ev in self.hub.follow(mid, after):
+                yield ev
+            return
+        if row["status"] == "streaming":
+            # Neither this process nor the buffer knows it: wait briefly for the buffer,
+            # then give up as the producer is gone.
+            async for ev in self.hub.follow(mid, after):
+                yield ev
+            return
+        # The buffer has expired: replay the stored message. A client that had part of it
+        # gets the whole text again under new ids, with `replay: true` in `meta` telling
+        # it to replace what it shows.
+        for ev in replay_from_row(row):
+            yield StreamEvent(ev.id + after, ev.event, ev.data)
+
+    async def cancel(self, user: Principal, message_id: uuid.UUID) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            row = await repo.get_message(conn, message_id=message_id, user_id=user.user_id)
+        if row["status"] != "streaming":
+            return {"message_id": str(message_id), "status": row["status"], "cancelled": False}
+        local = await self.hub.cancel(str(message_id))
+        return {"message_id": str(message_id), "status": "cancelling", "cancelled": True,
+                "local": local}
+
+
+def replay_from_row(row: asyncpg.Record) -> list[StreamEvent]:
+    """A finished message replayed as a stream: meta, one delta, then done or error."""
+    mid = str(row["id"])
+    events = [
+        StreamEvent(
+            1,
+            "meta",
+            {
+                "conversation_id": str(row["conversation_id"]),
+                "message_id": mid,
+                "sources": row["sources"],
+                "provider": row["provider"],
+                "model": row["model"],
+                "replay": True,
+            },
+        )
+    ]
+    if row["content"]:
+        events.append(StreamEvent(2, "delta", {"text": row["content"]}))
+    last = len(events) + 1
+    if row["status"] == "error":
+        events.append(
+            StreamEvent(
+                last,
+                "error",
+                {"code": row["error_code"] or "llm_error", "message": "generation failed",
+                 "message_id": mid, "partial": bool(row["content"])},
+            )
+        )
+    else:
+        events.append(
+            StreamEvent(
+                last,
+                "done",
+                {
+                    "message_id": mid,
+                    "finish_reason": row["finish_reason"],
+                    "usage": {
+                        "prompt_tokens": row["prompt_tokens"],
+                        "completion_tokens": row["completion_tokens"],
+                        "total_tokens": row["total_tokens"],
+                    },
+                    "provider": row["provider"],
+                    "status": row["status"],
+                },
+            )
+        )
+    return events
+
+
+async def collect(events: AsyncIterator[StreamEvent]) -> tuple[str, list[StreamEvent]]:
+    text: list[str] = []
+    seen: list[StreamEvent] = []
+    async for ev in events:
+        seen.append(ev)
+        if ev.event == "delta":
+            text.append(ev.data["text"])
+    return "".join(text), seen
+

@@ -1,0 +1,67 @@
+"""Batched persistence of partial answers.
+
+Streams mark their message dirty with the text so far; one task writes every dirty
+message in a single `executemany` per interval. Postgres sees a few statements per
+second however many streams run, never one per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+
+class PartialWriter:
+    def __init__(self, pool: asyncpg.Pool, *, interval_s: float) -> None:
+        self._pool = pool
+        self._interval = interval_s
+        self._dirty: dict[uuid.UUID, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    def mark(self, message_id: uuid.UUID, content: str) -> None:
+        self._dirty[message_id] = content
+
+    def forget(self, message_id: uuid.UUID) -> None:
+        self._dirty.pop(message_id, None)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="partial-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def flush(self) -> None:
+        if not self._dirty:
+            return
+        batch, self._dirty = self._dirty, {}
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.executemany(
+                    """
+                    UPDATE messages SET content = $2, updated_at = now()
+                    WHERE id = $1 AND status = 'streaming'
+                    """,
+                    list(batch.items()),
+                )
+            self.batches += 1
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            # Put the texts back unless a newer one arrived meanwhile; retry next round.
+            for key, value in batch.items():
+                self._dirty.setdefault(key, value)
+            log.warning("partial answers not persisted yet", extra={"count": len(batch)})
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()

@@ -1,0 +1,350 @@
+"""Generation jobs and their event logs.
+
+A generation is a job keyed by its message id, running in its own task: a client that
+disconnects does not stop it; only `cancel` does. Each event gets a monotonic integer id
+and is kept twice:
+
+- in the producing process's memory, so its own clients get every chunk with no round
+  trip (readers share the job's event list; nothing is copied per reader);
+- in a Redis Stream `{prefix}ev:{message_id}` with entry ids `0-<event id>`, bounded in
+  length and given a TTL, so a client can resume on any instance, even after the
+  producer died.
+
+Writes to Redis are batched by one writer task for all jobs (one pipeline per batch), so
+a chunk never waits for Redis and thousands of streams cost few round trips. A cancel
+request that reaches an instance without the job is published on `{prefix}cancel`; every
+instance listens and cancels the job if it owns it. A job announces it is alive with a
+`{prefix}live:{message_id}` key refreshed by a heartbeat, so a reader on another instance
+can tell a slow producer from a dead one.
+
+If Redis is down the local path keeps working; only cross-instance resume and cancel are
+lost until it is back. Nothing here may raise into a generation because Redis failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+TERMINAL = frozenset({"done", "error"})
+_LOCAL_RETENTION_S = 30.0
+_HEARTBEAT_S = 5.0
+_LIVE_TTL_S = 15
+_READ_BLOCK_MS = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    id: int
+    event: str
+    data: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        return self.event in TERMINAL
+
+
+class Job:
+    def __init__(self, hub: StreamHub, message_id: str) -> None:
+        self.hub = hub
+        self.message_id = message_id
+        self.events: list[StreamEvent] = []
+        self.finished = False
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_requested = False
+        self._changed = asyncio.Event()
+
+    def emit(self, event: str, data: dict[str, Any]) -> StreamEvent:
+        if self.finished:
+            raise RuntimeError("job already finished")
+        ev = StreamEvent(len(self.events) + 1, event, data)
+        self.events.append(ev)
+        if ev.terminal:
+            self.finished = True
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        self.hub._enqueue(self.message_id, ev)
+        return ev
+
+    async def follow(self, after: int) -> AsyncIterator[StreamEvent]:
+        index = after
+        while True:
+            while index < len(self.events):
+                ev = self.events[index]
+                index += 1
+                yield ev
+                if ev.terminal:
+                    return
+            if self.finished:
+                return
+            await self._changed.wait()
+
+
+class StreamHub:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        ttl_s: int,
+        max_events: int,
+        flush_interval_s: float = 0.01,
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self.max_events = max_events
+        self.flush_interval_s = flush_interval_s
+        self.jobs: dict[str, Job] = {}
+        self._outbox: list[tuple[str, StreamEvent]] = []
+        self._outbox_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.redis_failures = 0
+
+    # -- keys -------------------------------------------------------------------------
+    def _events_key(self, message_id: str) -> str:
+        return f"{self.prefix}ev:{message_id}"
+
+    def _live_key(self, message_id: str) -> str:
+        return f"{self.prefix}live:{message_id}"
+
+    @property
+    def _cancel_channel(self) -> str:
+        return f"{self.prefix}cancel"
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._writer(), name="stream-writer"),
+            asyncio.create_task(self._heartbeat(), name="stream-heartbeat"),
+            asyncio.create_task(self._cancel_listener(), name="stream-cancel-listener"),
+        ]
+
+    async def drain(self, grace_s: float) -> None:
+        """Let running jobs finish for up to `grace_s`, then cancel the rest."""
+        running = [j.task for j in self.jobs.values() if j.task and not j.task.done()]
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        await self.drain(grace_s)
+        await self._flush()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    # -- jobs -------------------------------------------------------------------------
+    def start_job(self, message_id: str, runner: Callable[[Job], Awaitable[None]]) -> Job:
+        job = Job(self, message_id)
+        self.jobs[message_id] = job
+
+        async def run() -> None:
+            try:
+                await runner(job)
+            finally:
+                self._mark_live(message_id, alive=False)
+                asyncio.get_running_loop().call_later(
+                    _LOCAL_RETENTION_S, self.jobs.pop, message_id, None
+                )
+
+        job.task = asyncio.create_task(run(), name=f"generation-{message_id}")
+        self._mark_live(message_id, alive=True)
+        return job
+
+    def local_job(self, message_id: str) -> Job | None:
+        return self.jobs.get(message_id)
+
+    async def cancel(self, message_id: str) -> bool:
+        """Stop a generation wherever it runs. True when this process owned it."""
+        job = self.jobs.get(message_id)
+        if job is not None and job.task is not None and not job.task.done():
+            job.cancel_requested = True
+            job.task.cancel()
+            return True
+        try:
+            await self.redis.publish(self._cancel_channel, message_id)
+        except RedisError:
+            self.redis_failures += 1
+            log.warning("cancel could not be published", extra={"message_id": message_id})
+        return False
+
+    # -- reading ----------------------------------------------------------------------
+    async def buffered(self, message_id: str) -> bool:
+        try:
+            return bool(await self.redis.exists(self._events_key(message_id)))
+        except RedisError:
+            return False
+
+    async def follow(self, message_id: str, after: int) -> AsyncIterator[StreamEvent]:
+        """Events after `after`, from this process's job or from Redis; ends after the
+        terminal event (or a synthesized `stream_lost` error when the producer died)."""
+        job = self.jobs.get(message_id)
+        if job is not None:
+            async for ev in job.follow(after):
+                yield ev
+            return
+        async for ev in self._follow_redis(message_id, after):
+            yield ev
+
+    async def _follow_redis(self, message_id: str, after: int) -> AsyncIterator[StreamEvent]:
+        key = self._events_key(message_id)
+        last = after
+        quiet_rounds = 0
+        while True:
+            job = self.jobs.get(message_id)
+            if job is not None:
+                # The job started here after all (e.g. a resume raced its own start).
+                async for ev in job.follow(last):
+                    yield ev
+                return
+            try:
+                reply = await self.redis.xread({key: f"0-{last}"}, block=_READ_BLOCK_MS, count=500)
+            except RedisError:
+                self.redis_failures += 1
+                await asyncio.sleep(0.5)
+                continue
+            entries = reply[0][1] if reply else []
+            if entries:
+                quiet_rounds = 0
+                for entry_id, fields in entries:
+                    ev = _decode(entry_id, fields)
+                    last = ev.id
+                    yield ev
+                    if ev.terminal:
+                        return
+                continue
+            try:
+                alive = bool(await self.redis.exists(self._live_key(message_id)))
+            except RedisError:
+                alive = True
+            quiet_rounds = 0 if alive else quiet_rounds + 1
+            if quiet_rounds >= 2:
+                yield StreamEvent(
+                    last + 1,
+                    "error",
+                    {
+                        "code": "stream_lost",
+                        "message": "the instance generating this answer stopped; "
+                        "the stored message keeps what was generated",
+                        "message_id": message_id,
+                    },
+                )
+                return
+
+    # -- Redis side -------------------------------------------------------------------
+    def _enqueue(self, message_id: str, ev: StreamEvent) -> None:
+        self._outbox.append((message_id, ev))
+        self._outbox_ready.set()
+
+    def _mark_live(self, message_id: str, *, alive: bool) -> None:
+        self._enqueue(message_id, StreamEvent(0, "_live" if alive else "_dead", {}))
+
+    async def _flush(self) -> None:
+        if not self._outbox:
+            return
+        batch, self._outbox = self._outbox, []
+        touched: set[str] = set()
+        pipe = self.redis.pipeline(transaction=False)
+        for message_id, ev in batch:
+            if ev.event == "_live":
+                pipe.set(self._live_key(message_id), b"1", ex=_LIVE_TTL_S)
+                continue
+            if ev.event == "_dead":
+                pipe.delete(self._live_key(message_id))
+                continue
+            key = self._events_key(message_id)
+            pipe.xadd(
+                key,
+                {"e": ev.event, "d": orjson.dumps(ev.data)},
+                id=f"0-{ev.id}",
+                maxlen=self.max_events,
+                approximate=True,
+            )
+            touched.add(key)
+        for key in touched:
+            pipe.expire(key, self.ttl_s)
+        try:
+            await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError):
+            self.redis_failures += 1
+            log.warning("stream events not buffered in redis", extra={"count": len(batch)})
+
+    async def _writer(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            # A short pause lets the chunks of many streams share one pipeline.
+            await asyncio.sleep(self.flush_interval_s)
+            await self._flush()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(_HEARTBEAT_S)
+            live = [m for m, j in self.jobs.items() if not j.finished]
+            if not live:
+                continue
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for message_id in live:
+                    pipe.set(self._live_key(message_id), b"1", ex=_LIVE_TTL_S)
+                await pipe.execute()
+            except (RedisError, OSError):
+                self.redis_failures += 1
+
+    async def _cancel_listener(self) -> None:
+        backoff = 0.5
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._cancel_channel)
+                backoff = 0.5
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    data = message.get("data")
+                    message_id = data.decode() if isinstance(data, bytes) else str(data)
+                    job = self.jobs.get(message_id)
+                    if job is not None and job.task is not None and not job.task.done():
+                        job.cancel_requested = True
+                        job.task.cancel()
+            except (RedisError, OSError):
+                self.redis_failures += 1
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+
+def _decode(entry_id: bytes | str, fields: dict[Any, Any]) -> StreamEvent:
+    raw_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    event = fields.get(b"e", fields.get("e"))
+    data = fields.get(b"d", fields.get("d"))
+    return StreamEvent(
+        int(raw_id.split("-", 1)[1]),
+        event.decode() if isinstance(event, bytes) else str(event),
+        orjson.loads(data) if data else {},
+    )
+
+
+def monotonic_ms() -> float:
+    return time.perf_counter() * 1000
