@@ -229,11 +229,16 @@ class SSE:
     data: dict
 
 
-async def read_sse(response: httpx.Response, *, stop_after: int | None = None) -> list[SSE]:
+async def read_sse(
+    response: httpx.Response,
+    *,
+    stop_after: int | None = None,
+    on_event: list[SSE] | None = None,
+) -> list[SSE]:
     """Parse an SSE response into events (comments/pings skipped)."""
     import json
 
-    events: list[SSE] = []
+    events: list[SSE] = on_event if on_event is not None else []
     fields: dict[str, str] = {}
     async for line in response.aiter_lines():
         if line == "":

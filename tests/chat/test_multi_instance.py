@@ -1,0 +1,106 @@
+"""Two instances behind the same Postgres and Redis: one in this process, one a separate
+uvicorn process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import (
+    RunningServer,
+    ServerProcess,
+    gemini_settings,
+    make_user,
+    read_sse,
+    text_of,
+)
+
+STREAM = "/api/v1/coaching/query/stream"
+
+
+@pytest.fixture(scope="module")
+async def second_instance(settings, emulator) -> AsyncIterator[ServerProcess]:  # type: ignore[no-untyped-def]
+    proc = await ServerProcess(gemini_settings(settings, emulator)).start()
+    try:
+        yield proc
+    finally:
+        await proc.stop()
+
+
+async def test_disconnect_then_resume_on_another_instance_yields_the_full_answer(
+    gemini_server: RunningServer, gclient: httpx.AsyncClient, second_instance: ServerProcess
+) -> None:
+    user = await make_user(gclient)
+    q = "끊겼다 이어받기 [[emulator:chunks=40,chunk_interval_ms=40]]"
+    async with gclient.stream("POST", STREAM, json={"question": q}, headers=user.headers) as r:
+        first = await read_sse(r, stop_after=5)
+    # The client dropped after 5 events; the generation goes on without it.
+    last_id = first[-1].id
+    mid = first[0].data["message_id"]
+    async with httpx.AsyncClient(base_url=second_instance.url, timeout=30) as other:
+        async with other.stream(
+            "GET",
+            f"/api/v1/coaching/streams/{mid}",
+            headers={**user.headers, "Last-Event-ID": str(last_id)},
+        ) as r:
+            assert r.status_code == 200
+            rest = await read_sse(r)
+    ids = [e.id for e in first + rest]
+    assert ids == list(range(1, len(ids) + 1)), "gap or duplicate in event ids"
+    assert rest[-1].event == "done"
+    full = text_of(first) + text_of(rest)
+    conn = await asyncpg.connect(gemini_server.settings.database_url)
+    row = await conn.fetchrow("SELECT content, status FROM messages WHERE id = $1", uuid.UUID(mid))
+    await conn.close()
+    assert row["status"] == "complete"
+    assert row["content"] == full
+    assert len(full) == 40 * 7
+
+
+async def test_cancel_sent_to_another_instance_stops_the_generation(
+    gemini_server: RunningServer, gclient: httpx.AsyncClient, second_instance: ServerProcess
+) -> None:
+    user = await make_user(gclient)
+    q = "취소 테스트 [[emulator:chunks=300,chunk_interval_ms=30]]"
+    async with gclient.stream("POST", STREAM, json={"question": q}, headers=user.headers) as r:
+        events: list = []
+        reader = asyncio.create_task(read_sse(r, on_event=events))
+        while len(events) < 1:
+            await asyncio.sleep(0.05)
+            if reader.done():
+                break
+        await asyncio.sleep(0.3)
+        mid = events[0].data["message_id"] if events else None
+        assert mid
+        async with httpx.AsyncClient(base_url=second_instance.url, timeout=30) as other:
+            c = await other.post(f"/api/v1/coaching/streams/{mid}/cancel", headers=user.headers)
+        assert c.status_code == 202, c.text
+        assert c.json()["local"] is False
+        await asyncio.wait_for(reader, 15)
+    assert events[-1].event == "done"
+    assert events[-1].data["finish_reason"] == "cancelled"
+    conn = await asyncpg.connect(gemini_server.settings.database_url)
+    row = await conn.fetchrow("SELECT content, status FROM messages WHERE id = $1", uuid.UUID(mid))
+    await conn.close()
+    assert row["status"] == "interrupted"
+    assert row["content"] == text_of(events)
+    assert len(row["content"]) < 300 * 7
+
+
+async def test_a_finished_answer_replays_on_the_other_instance(
+    gclient: httpx.AsyncClient, second_instance: ServerProcess
+) -> None:
+    user = await make_user(gclient)
+    async with gclient.stream("POST", STREAM, json={"question": "완료 후 재생"}, headers=user.headers) as r:
+        events = await read_sse(r)
+    mid = events[0].data["message_id"]
+    async with httpx.AsyncClient(base_url=second_instance.url, timeout=30) as other:
+        async with other.stream("GET", f"/api/v1/coaching/streams/{mid}", headers=user.headers) as r:
+            replay = await read_sse(r)
+    assert [(e.id, e.event) for e in replay] == [(e.id, e.event) for e in events]
+    assert text_of(replay) == text_of(events)
