@@ -88,6 +88,42 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from .emulator.gemini import config_from_args, run_emulator
+
+    run_emulator(host=args.host, port=args.port, config=config_from_args(args))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .ml.classifier import train_main
+
+    train_main(data=args.data, out_dir=args.out, n=args.n, seed=args.seed)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from .rag.cli import ingest_main
+
+    settings = Settings.from_env()
+    configure_logging("warning")
+    return int(ingest_main(settings))
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from .rag.cli import eval_main
+
+    settings = Settings.from_env()
+    configure_logging("warning")
+    return int(eval_main(settings, file=args.file, k=args.k))
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from .loadtest import main as loadtest_main
+
+    return int(loadtest_main(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="linkcoach", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +141,33 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--user", required=True)
     token.add_argument("--leadership-type")
     token.set_defaults(func=cmd_token)
+
+    from .emulator.gemini import add_emulator_arguments
+
+    emulate = sub.add_parser("emulate-gemini", help="run the local Gemini emulator")
+    add_emulator_arguments(emulate)
+    emulate.set_defaults(func=cmd_emulate)
+
+    train = sub.add_parser("train", help="train the leadership classifier")
+    train.add_argument("--data", help="labelled CSV (18 item columns + code); synthetic if absent")
+    train.add_argument("--out", default="models")
+    train.add_argument("--n", type=int, default=12000)
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=cmd_train)
+
+    ingest = sub.add_parser("ingest", help="(re)index knowledge_base/ into Chroma")
+    ingest.set_defaults(func=cmd_ingest)
+
+    ev = sub.add_parser("eval-retrieval", help="hit@k of retrieval on a JSONL question set")
+    ev.add_argument("--file", default="tests/data/retrieval_eval.jsonl")
+    ev.add_argument("--k", type=int, default=3)
+    ev.set_defaults(func=cmd_eval_retrieval)
+
+    from .loadtest import add_arguments as add_loadtest_arguments
+
+    load = sub.add_parser("loadtest", help="hold many concurrent streams against a server")
+    add_loadtest_arguments(load)
+    load.set_defaults(func=cmd_loadtest)
     return parser
 
 

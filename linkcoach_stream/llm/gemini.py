@@ -8,6 +8,9 @@ Deliberate decisions:
 - google-genai has no cancel handle for a stream. Cancelling the task that iterates it
   and closing the async generator (`aclosing`) closes the HTTP response.
 - First-chunk and idle-gap timeouts are enforced around each `__anext__`.
+- Requests are spread over several SDK clients, each with its own connection pool:
+  httpcore scans every pooled connection for each request, which made one pool of
+  hundreds of open streams the hottest spot of the whole server under load.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from .base import ChatPrompt, LLMError, StreamResult, Usage
 from .prompts import user_message
 
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+_POOL_SHARDS = 16
 
 
 def _classify(exc: BaseException) -> LLMError:
@@ -63,17 +67,27 @@ class GeminiProvider:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.model = settings.gemini_model
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.llm_total_timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
-        )
-        options = types.HttpOptions(
-            httpx_async_client=self._http,
-            retry_options=types.HttpRetryOptions(attempts=1),
-        )
-        if settings.gemini_base_url:
-            options.base_url = settings.gemini_base_url
-        self.client = genai.Client(api_key=settings.gemini_api_key, http_options=options)
+        self._https: list[httpx.AsyncClient] = []
+        self._clients: list[genai.Client] = []
+        for _ in range(_POOL_SHARDS):
+            http = httpx.AsyncClient(
+                timeout=httpx.Timeout(settings.llm_total_timeout_s, connect=5.0),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+            )
+            options = types.HttpOptions(
+                httpx_async_client=http,
+                retry_options=types.HttpRetryOptions(attempts=1),
+            )
+            if settings.gemini_base_url:
+                options.base_url = settings.gemini_base_url
+            self._https.append(http)
+            self._clients.append(genai.Client(api_key=settings.gemini_api_key, http_options=options))
+        self._next = 0
+
+    @property
+    def client(self) -> genai.Client:
+        self._next = (self._next + 1) % len(self._clients)
+        return self._clients[self._next]
 
     def _contents(self, prompt: ChatPrompt) -> list[types.Content]:
         contents = [
@@ -177,4 +191,5 @@ class GeminiProvider:
                 await self._backoff(attempt)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for http in self._https:
+            await http.aclose()
