@@ -81,6 +81,12 @@ class Settings:
     persist_interval_s: float = 0.25
     coalesce_ms: float = 15.0
     shutdown_grace_s: float = 20.0
+    rate_user_per_min: float = 600.0
+    rate_turns_per_min: float = 30.0
+    rate_mint_per_min: float = 6000.0
+    rate_refresh_per_min: float = 60.0
+    rate_auth_failures_per_min: float = 30.0
+    max_streams_per_user: int = 3
     retrieval_enabled: bool = True
 
     api_log_queue_size: int = 10_000
@@ -189,6 +195,14 @@ class Settings:
             coalesce_ms=num("STREAM_COALESCE_MS", d.coalesce_ms),
             persist_interval_s=num("PERSIST_INTERVAL", d.persist_interval_s),
             shutdown_grace_s=num("SHUTDOWN_GRACE", d.shutdown_grace_s),
+            rate_user_per_min=num("RATE_LIMIT_USER_PER_MIN", d.rate_user_per_min),
+            rate_turns_per_min=num("RATE_LIMIT_TURNS_PER_MIN", d.rate_turns_per_min),
+            rate_mint_per_min=num("RATE_LIMIT_MINT_PER_MIN", d.rate_mint_per_min),
+            rate_refresh_per_min=num("RATE_LIMIT_REFRESH_PER_MIN", d.rate_refresh_per_min),
+            rate_auth_failures_per_min=num(
+                "RATE_LIMIT_AUTH_FAILURES_PER_MIN", d.rate_auth_failures_per_min
+            ),
+            max_streams_per_user=int(num("MAX_STREAMS_PER_USER", d.max_streams_per_user)),
             retrieval_enabled=_bool(get("RETRIEVAL_ENABLED", "true") or "true"),
         ).validate()
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.routing import Route
 
 from ..domain.taxonomy import resolve_type
-from ..errors import ValidationFailed
-from .common import JSON, read_model
+from ..errors import Unauthorized, ValidationFailed
+from .common import JSON, client_ip, read_model
 
 USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 
@@ -27,12 +29,21 @@ class RefreshRequest(BaseModel):
 
 async def mint_token(request: Request) -> JSON:
     state = request.state
+    limiter = getattr(state, "limiter", None)
     api_key = request.headers.get("x-api-key")
     if api_key is None:
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("apikey "):
             api_key = auth[7:].strip()
-    state.tokens.check_api_key(api_key)
+    try:
+        state.tokens.check_api_key(api_key)
+    except Unauthorized:
+        if limiter is not None:
+            await limiter.hit("auth_failures", client_ip(request))
+        raise
+    if limiter is not None:
+        # The parent site mints for all its users from one address: limit per key.
+        await limiter.hit("mint", hashlib.sha256((api_key or "").encode()).hexdigest()[:16])
     body = await read_model(request, TokenRequest)
     leadership_type = None
     if body.leadership_type:
@@ -51,6 +62,8 @@ async def mint_token(request: Request) -> JSON:
 
 
 async def refresh(request: Request) -> JSON:
+    if getattr(request.state, "limiter", None) is not None:
+        await request.state.limiter.hit("refresh", client_ip(request))
     body = await read_model(request, RefreshRequest)
     async with request.state.db.acquire() as conn:
         pair = await request.state.tokens.rotate(conn, refresh_token=body.refresh_token)

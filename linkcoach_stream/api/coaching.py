@@ -3,10 +3,12 @@ the `/chat` shim for the widget in production today."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
@@ -52,16 +54,60 @@ def _chat(request: Request) -> ChatService:
     return chat
 
 
+def _frame(ev: StreamEvent) -> ServerSentEvent:
+    return ServerSentEvent(data=dumps(ev.data).decode(), event=ev.event, id=str(ev.id))
+
+
 async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSourceResponse:
+    """Stream events as SSE. On server shutdown the stream keeps going for the grace
+    period; a stream still open then gets an `error` event `server_shutdown` carrying the
+    message id and last event id to resume from (on another instance), and is closed."""
     metrics = request.state.metrics
     settings = request.state.settings
+    shutdown = anyio.Event()
+    # Leave a second for the farewell event before sse-starlette cuts the stream.
+    grace = max(0.0, settings.shutdown_grace_s - 1.0)
 
     async def frames() -> AsyncIterator[ServerSentEvent]:
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        current: asyncio.Timeout | None = None
+        last_id, message_id = 0, None
+
+        async def watch() -> None:
+            nonlocal deadline
+            await shutdown.wait()
+            deadline = loop.time() + grace
+            if current is not None:
+                current.reschedule(deadline)
+
+        watcher = asyncio.create_task(watch())
         metrics.active_streams.labels("sse").inc()
+        iterator = aiter(events)
         try:
-            async for ev in events:
-                yield ServerSentEvent(data=dumps(ev.data).decode(), event=ev.event, id=str(ev.id))
+            while True:
+                try:
+                    async with asyncio.timeout(deadline) as current:
+                        ev = await anext(iterator, None)
+                except TimeoutError:
+                    farewell = {
+                        "code": "server_shutdown",
+                        "message": "this server is restarting; resume the stream",
+                        "message_id": message_id,
+                        "last_event_id": last_id,
+                        "retry_after": 1,
+                    }
+                    yield _frame(StreamEvent(last_id + 1, "error", farewell))
+                    return
+                finally:
+                    current = None
+                if ev is None:
+                    return
+                last_id = ev.id
+                message_id = ev.data.get("message_id", message_id)
+                yield _frame(ev)
         finally:
+            watcher.cancel()
             metrics.active_streams.labels("sse").dec()
 
     return EventSourceResponse(
@@ -69,6 +115,8 @@ async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSou
         headers=SSE_HEADERS,
         ping=settings.stream_ping_interval_s,
         send_timeout=settings.stream_send_timeout_s,
+        shutdown_event=shutdown,
+        shutdown_grace_period=settings.shutdown_grace_s,
     )
 
 

@@ -84,8 +84,21 @@ def bearer_token(conn: HTTPConnection) -> str:
     return match[1]
 
 
+def client_ip(conn: HTTPConnection) -> str:
+    return conn.client.host if conn.client else "unknown"
+
+
 async def authenticate_token(conn: HTTPConnection, token: str) -> Principal:
-    principal: Principal = conn.state.tokens.verify_access(token)
+    limiter = getattr(conn.state, "limiter", None)
+    try:
+        principal: Principal = conn.state.tokens.verify_access(token)
+    except Unauthorized:
+        # Failed attempts are limited per client address, so guessing tokens is slow.
+        if limiter is not None:
+            await limiter.hit("auth_failures", client_ip(conn))
+        raise
+    if limiter is not None:
+        await limiter.hit("user", principal.user_id)
     async with conn.state.db.acquire() as db:
         if not await users.is_active(db, user_id=principal.user_id):
             raise Unauthorized("the token's user does not exist", code="unknown_user")

@@ -27,6 +27,7 @@ from ..llm.prompts import budget_history, system_instruction
 from ..metrics import Metrics
 from .auth import Principal
 from .persist import PartialWriter
+from .ratelimit import RateLimiter
 from .streams import Job, StreamEvent, StreamHub
 
 _HISTORY_ROWS = 40
@@ -86,7 +87,9 @@ class ChatService:
         retriever: Retrieval | None,
         partials: PartialWriter,
         metrics: Metrics,
+        limiter: RateLimiter | None = None,
     ) -> None:
+        self.limiter = limiter
         self.settings = settings
         self.pool = pool
         self.hub = hub
@@ -98,6 +101,8 @@ class ChatService:
     # -- starting a turn --------------------------------------------------------------
     async def start_turn(self, user: Principal, req: TurnRequest) -> TurnStarted:
         question = validate_question(req.question, max_chars=self.settings.max_question_chars)
+        if self.limiter is not None:
+            await self.limiter.hit("turns", user.user_id)
         async with self.pool.acquire() as conn:
             code = user.leadership_type
             conversation = None
@@ -125,7 +130,28 @@ class ChatService:
             passages = list(await self.retriever.search(question, leadership_type=code, k=4))
         sources = [source_of(p) for p in passages]
         message_id = uuid.uuid4()
+        if self.limiter is not None:
+            await self.limiter.acquire_stream(user.user_id, str(message_id))
+        try:
+            return await self._store_and_start(
+                user, req, question, code, conversation, passages, sources, message_id
+            )
+        except BaseException:
+            if self.limiter is not None and self.hub.local_job(str(message_id)) is None:
+                await self.limiter.release_stream(user.user_id, str(message_id))
+            raise
 
+    async def _store_and_start(
+        self,
+        user: Principal,
+        req: TurnRequest,
+        question: str,
+        code: str | None,
+        conversation: asyncpg.Record | None,
+        passages: Sequence[PassageLike],
+        sources: list[dict[str, Any]],
+        message_id: uuid.UUID,
+    ) -> TurnStarted:
         async with self.pool.acquire() as conn, conn.transaction():
             if conversation is None:
                 conversation = await repo.create_conversation(
@@ -155,6 +181,8 @@ class ChatService:
                     client_message_id=req.client_message_id,
                 )
                 assert existing is not None
+                if self.limiter is not None:
+                    await self.limiter.release_stream(user.user_id, str(message_id))
                 return self._replayed(conversation_id, existing[1])
             await repo.insert_assistant_message(
                 conn,
@@ -186,7 +214,8 @@ class ChatService:
         )
         started = TurnStarted(str(conversation_id), str(message_id), sources, replayed=False)
         self.hub.start_job(
-            str(message_id), lambda job: self._generate(job, message_id, started, prompt)
+            str(message_id),
+            lambda job: self._generate(job, message_id, started, prompt, user.user_id),
         )
         return started
 
@@ -197,6 +226,20 @@ class ChatService:
 
     # -- the generation job -----------------------------------------------------------
     async def _generate(
+        self,
+        job: Job,
+        message_id: uuid.UUID,
+        started: TurnStarted,
+        prompt: ChatPrompt,
+        user_id: str,
+    ) -> None:
+        try:
+            await self._generate_inner(job, message_id, started, prompt)
+        finally:
+            if self.limiter is not None:
+                await asyncio.shield(self.limiter.release_stream(user_id, str(message_id)))
+
+    async def _generate_inner(
         self, job: Job, message_id: uuid.UUID, started: TurnStarted, prompt: ChatPrompt
     ) -> None:
         provider = self.provider.name
