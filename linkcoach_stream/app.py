@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from .api import auth, coaching, conversations, health, ws
+from .api import auth, coaching, conversations, health, openapi, reports, widget, ws
 from .api.common import JSON
 from .api.middleware import RequestContextMiddleware
 from .config import Settings
@@ -37,6 +38,8 @@ from .services.apilog import ApiLogWriter
 from .services.auth import TokenService
 from .services.chat import ChatService
 from .services.persist import PartialWriter
+from .services.ratelimit import Limit, RateLimiter
+from .services.reports import ReportService, load_classifier
 from .services.streams import StreamHub
 
 log = logging.getLogger(__name__)
@@ -140,6 +143,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[dict[str, Any]]:
         )
         await hub.start()
         stack.push_async_callback(hub.stop, settings.shutdown_grace_s)
+        limiter = RateLimiter(
+            redis,
+            prefix=settings.redis_prefix,
+            limits=rate_limits(settings),
+            max_streams_per_user=settings.max_streams_per_user,
+            stream_lease_s=settings.llm_total_timeout_s + 30,
+            metrics=metrics,
+        )
         chat = ChatService(
             settings=settings,
             pool=pool,
@@ -148,7 +159,18 @@ async def open_resources(settings: Settings) -> AsyncIterator[dict[str, Any]]:
             retriever=retriever,
             partials=partials,
             metrics=metrics,
+            limiter=limiter,
         )
+        report_service = ReportService(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            provider=provider,
+            retriever=retriever,
+            metrics=metrics,
+            classifier=await load_classifier(settings.models_dir / "leadership_classifier.skops"),
+        )
+        stack.push_async_callback(report_service.aclose)
         yield {
             "settings": settings,
             "db": pool,
@@ -160,7 +182,34 @@ async def open_resources(settings: Settings) -> AsyncIterator[dict[str, Any]]:
             "retriever": retriever,
             "hub": hub,
             "chat": chat,
+            "limiter": limiter,
+            "reports": report_service,
         }
+
+
+def rate_limits(settings: Settings) -> dict[str, Limit]:
+    def limit(per_minute: float, burst: int) -> Limit:
+        return Limit(per_minute, max(1, burst))
+
+    return {
+        "user": limit(settings.rate_user_per_min, int(settings.rate_user_per_min / 6)),
+        "turns": limit(settings.rate_turns_per_min, 10),
+        "mint": limit(settings.rate_mint_per_min, int(settings.rate_mint_per_min / 6)),
+        "refresh": limit(settings.rate_refresh_per_min, 20),
+        "auth_failures": limit(settings.rate_auth_failures_per_min, 10),
+    }
+
+
+def init_sentry() -> None:
+    dsn = os.environ.get("SENTRY_DSN")
+    if not dsn:
+        return
+    try:
+        import sentry_sdk
+    except ImportError:
+        log.warning("SENTRY_DSN is set but sentry-sdk is not installed (pip install sentry-sdk)")
+        return
+    sentry_sdk.init(dsn=dsn, traces_sample_rate=0.0, send_default_pii=False)
 
 
 def open_provider(settings: Settings) -> LLMProvider:
@@ -182,6 +231,7 @@ async def open_retrieval(settings: Settings) -> Any:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = (settings or Settings.from_env()).validate()
+    init_sentry()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -192,7 +242,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
             yield state
 
-    api_v1 = [*auth.routes, *conversations.routes, *coaching.routes, *ws.routes]
+    api_v1 = [*auth.routes, *conversations.routes, *coaching.routes, *reports.routes, *ws.routes]
     middleware = [
         Middleware(RequestContextMiddleware),
         Middleware(
@@ -205,7 +255,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ),
     ]
     return Starlette(
-        routes=[*health.routes, *coaching.legacy_routes, Mount("/api/v1", routes=api_v1)],
+        routes=[
+            *health.routes,
+            *openapi.routes,
+            *widget.routes,
+            *coaching.legacy_routes,
+            *reports.legacy_routes,
+            Mount("/api/v1", routes=api_v1),
+        ],
         middleware=middleware,
         exception_handlers={
             AppError: app_error,

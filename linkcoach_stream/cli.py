@@ -33,9 +33,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=workers,
         loop="uvloop",
         http="httptools",
-        ws="websockets",
+        ws="websockets-sansio",
+        # Small frames and no compression keep a held-open socket at a few KiB.
+        ws_max_size=64 * 1024,
+        ws_max_queue=16,
+        ws_per_message_deflate=False,
         log_config=None,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
         proxy_headers=True,
     )
     return 0

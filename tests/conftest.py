@@ -116,6 +116,8 @@ def settings(database_url: str, redis_url: str, work_dir: Path) -> Settings:
         api_log_flush_interval_s=0.05,
         retrieval_enabled=False,
         stream_ping_interval_s=5,
+        # Many tests fail auth on purpose from one address; the limit has its own tests.
+        rate_auth_failures_per_min=0.0,
     ).validate()
 
 
@@ -349,6 +351,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
         MODELS_DIR=str(settings.models_dir),
         PERSIST_INTERVAL=str(settings.persist_interval_s),
         LOG_LEVEL="warning",
+        RATE_LIMIT_USER_PER_MIN=str(settings.rate_user_per_min),
+        RATE_LIMIT_TURNS_PER_MIN=str(settings.rate_turns_per_min),
+        RATE_LIMIT_MINT_PER_MIN=str(settings.rate_mint_per_min),
+        RATE_LIMIT_REFRESH_PER_MIN=str(settings.rate_refresh_per_min),
+        RATE_LIMIT_AUTH_FAILURES_PER_MIN=str(settings.rate_auth_failures_per_min),
+        MAX_STREAMS_PER_USER=str(settings.max_streams_per_user),
+        SHUTDOWN_GRACE=str(settings.shutdown_grace_s),
+        MAX_BODY_BYTES=str(settings.max_body_bytes),
     )
     return env
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from ..domain.taxonomy import FOLLOWERSHIP_TYPES, resolve_type
 
@@ -187,28 +187,28 @@ def parse_document(text: str, path: str) -> Document:
     return Document(path, title, category, codes, followers, tags, body.strip())
 
 
+_BREAKS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("\n\n", re.compile(r"\n\s*\n")),
+    ("\n", re.compile(r"\n")),
+    (" ", _SENTENCE_END),
+)
+
+
 def _atoms(text: str, limit: int, joiner: str = "\n\n") -> list[tuple[str, str]]:
     """(joiner, piece) pairs: paragraphs, with oversized ones broken into lines, then
     sentences, then hard cuts, so packing can still join small neighbours."""
-    for separator, pattern in (
-        ("\n\n", re.compile(r"\n\s*\n")),
-        ("\n", re.compile(r"\n")),
-        (" ", _SENTENCE_END),
-    ):
+    for separator, pattern in _BREAKS:
         parts = [u.strip() for u in pattern.split(text) if u.strip()]
         if len(parts) > 1:
-            break
-    else:
-        return [(joiner, text[i : i + limit]) for i in range(0, len(text), limit)]
-    atoms: list[tuple[str, str]] = []
-    for i, part in enumerate(parts):
-        sep = joiner if i == 0 else separator
-        if len(part) <= limit:
-            atoms.append((sep, part))
-        else:
-            sub = _atoms(part, limit, sep)
-            atoms.extend(sub)
-    return atoms
+            atoms: list[tuple[str, str]] = []
+            for i, part in enumerate(parts):
+                sep = joiner if i == 0 else separator
+                if len(part) <= limit:
+                    atoms.append((sep, part))
+                else:
+                    atoms.extend(_atoms(part, limit, sep))
+            return atoms
+    return [(joiner, text[i : i + limit]) for i in range(0, len(text), limit)]
 
 
 def _split_long(text: str, limit: int) -> list[str]:

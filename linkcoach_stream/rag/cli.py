@@ -1,0 +1,200 @@
+"""Operator commands for retrieval: `linkcoach ingest` and `linkcoach eval-retrieval`.
+
+Both write to stdout with `sys.stdout.write` (never print) and return an exit code.
+`eval_main` prints one line per miss and, as its last line, a JSON object
+`{"hit_at_k", "n", "k"}` so scripts can read the figure with `tail -n 1`.
+
+Eval file format, one JSON object per line (blank lines and `#` lines skipped):
+`{"question", "leadership_type"?, "expect": {"path"?, "category"?, "leadership_types"?,
+"followership_types"?}}`. A question is a hit when any of the top-k passages matches
+every given expect key: `path` as a substring of the passage's path, `category` exactly,
+and the list keys when the passage's document lists include all expected values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..domain.taxonomy import resolve_type
+from .documents import DocumentError
+from .retriever import Passage, Retriever, open_retriever
+
+EXPECT_KEYS = frozenset({"path", "category", "leadership_types", "followership_types"})
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    line: int
+    question: str
+    leadership_type: str | None
+    expect: Mapping[str, Any]
+    followership_types: tuple[str, ...] = field(default=())
+
+
+class EvalFileError(ValueError):
+    """An eval file line is malformed; the message names the line."""
+
+
+def _codes(names: Sequence[str], where: str) -> tuple[str, ...]:
+    out = []
+    for name in names:
+        resolved = resolve_type(name)
+        if resolved is None:
+            raise EvalFileError(f"{where}: unknown leadership type {name!r}")
+        out.append(resolved.code)
+    return tuple(out)
+
+
+def load_eval_file(path: Path | str) -> list[EvalCase]:
+    cases: list[EvalCase] = []
+    with open(path, encoding="utf-8") as fh:
+        for number, raw in enumerate(fh, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            where = f"{path}:{number}"
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EvalFileError(f"{where}: not valid JSON ({exc.msg})") from exc
+            question = data.get("question") if isinstance(data, dict) else None
+            expect = data.get("expect") if isinstance(data, dict) else None
+            if not isinstance(question, str) or not question.strip():
+                raise EvalFileError(f"{where}: 'question' must be a non-empty string")
+            if not isinstance(expect, dict) or not expect:
+                raise EvalFileError(f"{where}: 'expect' must be a non-empty object")
+            unknown = set(expect) - EXPECT_KEYS
+            if unknown:
+                raise EvalFileError(f"{where}: unknown expect keys {sorted(unknown)}")
+            normalised = dict(expect)
+            if "leadership_types" in expect:
+                normalised["leadership_types"] = _codes(expect["leadership_types"], where)
+            if "followership_types" in expect:
+                normalised["followership_types"] = tuple(
+                    str(f).lower() for f in expect["followership_types"]
+                )
+            lt = data.get("leadership_type")
+            code = None
+            if lt:
+                code = _codes([lt], where)[0]
+            followers = tuple(str(f).lower() for f in data.get("followership_types") or ())
+            cases.append(EvalCase(number, question, code, normalised, followers))
+    return cases
+
+
+def passage_matches(passage: Passage, expect: Mapping[str, Any]) -> bool:
+    """`expect` as normalised by `load_eval_file` (leadership types as codes)."""
+    if "path" in expect and str(expect["path"]) not in passage.path:
+        return False
+    if "category" in expect and expect["category"] != passage.category:
+        return False
+    if "leadership_types" in expect and not set(expect["leadership_types"]) <= set(
+        passage.leadership_types
+    ):
+        return False
+    if "followership_types" in expect and not set(expect["followership_types"]) <= set(
+        passage.followership_types
+    ):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    hits: int
+    n: int
+    k: int
+    misses: tuple[tuple[EvalCase, tuple[str, ...]], ...]
+
+    @property
+    def hit_at_k(self) -> float:
+        return round(self.hits / self.n, 4) if self.n else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"hit_at_k": self.hit_at_k, "n": self.n, "k": self.k}
+
+
+async def evaluate(retriever: Retriever, cases: Sequence[EvalCase], *, k: int) -> EvalResult:
+    hits = 0
+    misses: list[tuple[EvalCase, tuple[str, ...]]] = []
+    for case in cases:
+        passages = await retriever.search(
+            case.question,
+            leadership_type=case.leadership_type,
+            followership_types=case.followership_types,
+            k=k,
+        )
+        if any(passage_matches(p, case.expect) for p in passages):
+            hits += 1
+        else:
+            misses.append((case, tuple(p.path for p in passages)))
+    return EvalResult(hits, len(cases), k, tuple(misses))
+
+
+async def _ingest(settings: Settings) -> int:
+    retriever = await open_retriever(settings, auto_ingest=False)
+    try:
+        report = await retriever.ingest(settings.knowledge_base_dir)
+    finally:
+        await retriever.close()
+    _out(
+        f"ingested {report.documents} documents into {retriever.collection_name}: "
+        f"{report.added} chunks added, {report.removed} removed, "
+        f"{report.unchanged} unchanged ({report.chunks} total, kb_version "
+        f"{report.kb_version}, {report.seconds:.1f} s)"
+    )
+    return 0
+
+
+def ingest_main(settings: Settings) -> int:
+    try:
+        return asyncio.run(_ingest(settings))
+    except DocumentError as exc:
+        _err(f"knowledge base error: {exc}")
+        return 1
+
+
+async def _eval(settings: Settings, cases: Sequence[EvalCase], k: int) -> EvalResult:
+    retriever = await open_retriever(settings)
+    try:
+        return await evaluate(retriever, cases, k=k)
+    finally:
+        await retriever.close()
+
+
+def eval_main(settings: Settings, *, file: str, k: int = 3) -> int:
+    try:
+        cases = load_eval_file(file)
+    except (OSError, EvalFileError) as exc:
+        _err(f"cannot read eval file: {exc}")
+        return 2
+    if k < 1:
+        _err("k must be at least 1")
+        return 2
+    try:
+        result = asyncio.run(_eval(settings, cases, k))
+    except DocumentError as exc:
+        _err(f"knowledge base error: {exc}")
+        return 1
+    for case, got in result.misses:
+        expect = json.dumps(dict(case.expect), ensure_ascii=False)
+        _out(f"MISS line {case.line}: {case.question} | expect {expect} | got {list(got)}")
+    _out(json.dumps(result.summary(), ensure_ascii=False))
+    return 0

@@ -1,0 +1,533 @@
+"""Hybrid retrieval over the knowledge base: Chroma (dense) + character n-gram TF-IDF.
+
+Decisions worth keeping (figures from `benchmarks/embedders.py` on
+`tests/data/retrieval_eval.jsonl`; rerun it before changing any of them):
+
+- Hybrid, not dense only. e5-small alone finds the expected document in the top 3 for
+  about 0.72 of the eval questions, TF-IDF over character n-grams alone about 0.85, the
+  two fused about 0.91: e5 catches paraphrase, n-grams catch the product's vocabulary
+  ("SBI", "1on1", "참여실무형") that a small multilingual model blurs.
+- Fusion is a weighted sum of per-query z-scores over the candidate set (dense weight
+  0.5). z-scores make the weight independent of an embedder's similarity range (e5
+  cosines sit in 0.80-0.93, TF-IDF in 0-0.3), so the same setting works for Gemini
+  vectors. Hit@3 is flat for dense weights 0.4-0.6, so the value is not a knife edge.
+- Candidates are Chroma's dense top `candidates` (with the category filter as a
+  `where` clause) plus the lexical top `candidates`. Every candidate is then scored
+  exactly on both sides from an in-process mirror of the collection (ids, texts,
+  metadata and vectors: about 1.5 kB per chunk). Filling a missing dense score with a
+  bound instead made the fusion depend on the candidate count.
+- The leadership type is a boost, not a filter. Measured: no boost 0.91, boost 0.91,
+  filter 0.92 hit@3 - but a filter makes the nine documents tagged with no leadership
+  type (the followership profiles, the dimension overviews) unreachable for every
+  leader who has a type, and those are exactly what "my driver team member" questions
+  need. Followership types are a smaller boost, scaled by the share of requested types
+  a document covers. Categories are a hard filter: the caller asks for them explicitly.
+- At most `max_per_doc` (2) chunks per document, so one long guide cannot fill the
+  context window.
+- Chroma is synchronous; every call runs in a worker thread (`asyncio.to_thread`), and
+  the embedder runs on its own thread, so the event loop never blocks on either.
+- Ingestion is content-addressed (chunk id = path + hash): new ids are embedded and
+  upserted in batches before stale ids are deleted, so a changed document is never
+  missing from the index, an interrupted ingest resumes where it stopped, and two
+  processes ingesting at once only repeat work. `kb_version` is written to the
+  collection metadata; other instances notice a change within `refresh_interval_s`
+  and reload their mirror.
+- An embedded `PersistentClient` is single-process (SQLite + HNSW files). Several
+  workers or instances need Chroma in client/server mode (`CHROMA_HOST`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..config import Settings
+from ..domain.taxonomy import FOLLOWERSHIP_TYPES, resolve_type
+from .documents import CATEGORIES, Chunk, load_corpus
+from .documents import kb_version as compute_kb_version
+from .embedders import E5Embedder, Embedder, LexicalIndex, make_embedder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EMBEDDER = "e5"
+INGEST_BATCH = 64
+PAGE = 1000
+MAX_QUERY_CHARS = 2000
+
+
+class RetrievalError(RuntimeError):
+    """The index cannot serve a request (for example, built with another embedder)."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    id: str
+    path: str
+    title: str
+    category: str
+    section: str
+    text: str
+    score: float
+    leadership_types: tuple[str, ...] = ()
+    followership_types: tuple[str, ...] = ()
+
+    def source(self) -> dict[str, str]:
+        return {"path": self.path, "title": self.title, "category": self.category}
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    added: int
+    removed: int
+    unchanged: int
+    documents: int
+    chunks: int
+    kb_version: str
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "documents": self.documents,
+            "chunks": self.chunks,
+            "kb_version": self.kb_version,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _split_csv(value: object) -> tuple[str, ...]:
+    if not isinstance(value, str) or not value:
+        return ()
+    return tuple(part for part in value.split(",") if part)
+
+
+@dataclass(frozen=True)
+class _Mirror:
+    """An immutable snapshot of the collection, swapped whole on reload."""
+
+    ids: tuple[str, ...]
+    texts: tuple[str, ...]
+    metas: tuple[dict[str, Any], ...]
+    vectors: NDArray[np.float32]
+    lexical: LexicalIndex
+    version: str
+    position: dict[str, int] = field(default_factory=dict)
+    category: NDArray[Any] = field(default_factory=lambda: np.zeros(0, dtype=object))
+    paths: tuple[str, ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        metas: Sequence[dict[str, Any]],
+        vectors: NDArray[np.float32],
+    ) -> _Mirror:
+        return cls(
+            ids=tuple(ids),
+            texts=tuple(texts),
+            metas=tuple(metas),
+            vectors=vectors,
+            lexical=LexicalIndex(ids, texts),
+            version=compute_kb_version(ids),
+            position={chunk_id: i for i, chunk_id in enumerate(ids)},
+            category=np.array([m.get("category", "") for m in metas], dtype=object),
+            paths=tuple(str(m.get("path", "")) for m in metas),
+        )
+
+    def has(self, key: str, rows: NDArray[np.int64]) -> NDArray[np.float32]:
+        """1.0 where the chunk's metadata carries the boolean `key` (lt_HHH, ft_driver)."""
+        flags = (1.0 if self.metas[i].get(key) else 0.0 for i in rows)
+        return np.fromiter(flags, dtype=np.float32, count=len(rows))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _zscore(values: NDArray[np.float32]) -> NDArray[np.float32]:
+    std = float(values.std())
+    if std < 1e-9:
+        return np.zeros_like(values)
+    return np.asarray((values - values.mean()) / std, dtype=np.float32)
+
+
+class Retriever:
+    def __init__(
+        self,
+        client: Any,
+        collection: Any,
+        embedder: Embedder,
+        *,
+        dense_weight: float = 0.5,
+        type_boost: float = 0.3,
+        followership_boost: float = 0.15,
+        candidates: int = 40,
+        max_per_doc: int = 2,
+        refresh_interval_s: float = 30.0,
+    ) -> None:
+        self._client = client
+        self._collection = collection
+        self.embedder = embedder
+        self.dense_weight = dense_weight
+        self.type_boost = type_boost
+        self.followership_boost = followership_boost
+        self.candidates = candidates
+        self.max_per_doc = max_per_doc
+        self.refresh_interval_s = refresh_interval_s
+        self._mirror = _Mirror.build([], [], [], np.zeros((0, 1), dtype=np.float32))
+        self._checked_at = 0.0
+        self._ingest_lock = asyncio.Lock()
+        self._reload_lock = asyncio.Lock()
+
+    @property
+    def collection_name(self) -> str:
+        return str(self._collection.name)
+
+    @property
+    def kb_version(self) -> str:
+        return self._mirror.version
+
+    @property
+    def size(self) -> int:
+        return len(self._mirror)
+
+    async def ping(self) -> None:
+        await asyncio.to_thread(self._client.heartbeat)
+
+    async def close(self) -> None:
+        await self.embedder.aclose()
+        close = getattr(self._client, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)
+
+    # -- mirror ---------------------------------------------------------------------
+
+    def _read_all(self) -> _Mirror:
+        ids: list[str] = []
+        texts: list[str] = []
+        metas: list[dict[str, Any]] = []
+        vectors: list[NDArray[np.float32]] = []
+        offset = 0
+        while True:
+            page = self._collection.get(
+                include=["documents", "metadatas", "embeddings"], limit=PAGE, offset=offset
+            )
+            got = page["ids"]
+            if not got:
+                break
+            ids.extend(got)
+            texts.extend(doc or "" for doc in page["documents"] or [])
+            metas.extend(dict(m or {}) for m in page["metadatas"] or [])
+            vectors.append(np.asarray(page["embeddings"], dtype=np.float32))
+            offset += len(got)
+            if len(got) < PAGE:
+                break
+        matrix = np.vstack(vectors) if vectors else np.zeros((0, 1), dtype=np.float32)
+        return _Mirror.build(ids, texts, metas, matrix)
+
+    async def reload(self) -> None:
+        async with self._reload_lock:
+            self._mirror = await asyncio.to_thread(self._read_all)
+            self._checked_at = time.monotonic()
+
+    async def _stored_version(self) -> str | None:
+        def read() -> str | None:
+            meta = self._client.get_collection(self._collection.name).metadata or {}
+            value = meta.get("kb_version")
+            return str(value) if value else None
+
+        return await asyncio.to_thread(read)
+
+    async def _maybe_refresh(self) -> None:
+        if time.monotonic() - self._checked_at < self.refresh_interval_s:
+            return
+        self._checked_at = time.monotonic()
+        try:
+            stored = await self._stored_version()
+        except Exception:  # noqa: BLE001 - a failed check must not fail the search
+            log.warning("kb version check failed", exc_info=True)
+            return
+        if stored is not None and stored != self._mirror.version:
+            log.info("knowledge base changed elsewhere; reloading", extra={"kb_version": stored})
+            await self.reload()
+
+    # -- search ---------------------------------------------------------------------
+
+    async def search(
+        self,
+        query: str,
+        *,
+        leadership_type: str | None = None,
+        followership_types: Sequence[str] = (),
+        categories: Sequence[str] | None = None,
+        k: int = 4,
+    ) -> list[Passage]:
+        text = " ".join(query.split())[:MAX_QUERY_CHARS]
+        code = self._resolve_code(leadership_type)
+        followers = self._resolve_followers(followership_types)
+        cats = self._resolve_categories(categories)
+        if not text or k <= 0:
+            return []
+        await self._maybe_refresh()
+        mirror = self._mirror
+        if not len(mirror):
+            return []
+
+        qvec = await self.embedder.embed_query(text)
+        allowed: NDArray[np.bool_] | None = None
+        if cats is not None:
+            allowed = np.isin(mirror.category, list(cats))
+            if not allowed.any():
+                return []
+        n_dense = min(self.candidates, len(mirror))
+        where = {"category": {"$in": list(cats)}} if cats is not None else None
+        dense_ids, lexical = await asyncio.gather(
+            asyncio.to_thread(self._dense_ids, qvec, n_dense, where),
+            asyncio.to_thread(mirror.lexical.scores, text),
+        )
+        if allowed is not None:
+            lexical = np.where(allowed, lexical, -np.inf).astype(np.float32)
+        n_lex = min(self.candidates, len(mirror))
+        lexical_top = np.argpartition(-lexical, n_lex - 1)[:n_lex]
+        candidate_set = {int(i) for i in lexical_top if np.isfinite(lexical[i])}
+        stale = False
+        for chunk_id in dense_ids:
+            pos = mirror.position.get(chunk_id)
+            if pos is None:
+                stale = True
+            else:
+                candidate_set.add(pos)
+        if stale:
+            # Chroma has chunks this mirror has not seen: another instance ingested.
+            self._checked_at = 0.0
+        if not candidate_set:
+            return []
+        cand = np.fromiter(sorted(candidate_set), dtype=np.int64)
+        dense = mirror.vectors[cand] @ qvec.astype(np.float32)
+        fused = self.dense_weight * _zscore(dense) + (1 - self.dense_weight) * _zscore(
+            lexical[cand]
+        )
+        if code is not None:
+            fused = fused + self.type_boost * mirror.has(f"lt_{code}", cand)
+        if followers:
+            share = np.zeros(len(cand), dtype=np.float32)
+            for ft in followers:
+                share += mirror.has(f"ft_{ft}", cand)
+            fused = fused + self.followership_boost * share / len(followers)
+        return self._top(mirror, cand, fused, k)
+
+    def _dense_ids(self, qvec: NDArray[np.float32], n: int, where: Any) -> list[str]:
+        result = self._collection.query(
+            query_embeddings=[qvec.tolist()], n_results=n, where=where, include=[]
+        )
+        ids = result.get("ids") or [[]]
+        return list(ids[0])
+
+    def _top(
+        self, mirror: _Mirror, cand: NDArray[np.int64], scores: NDArray[np.float32], k: int
+    ) -> list[Passage]:
+        per_doc: dict[str, int] = {}
+        out: list[Passage] = []
+        for j in np.argsort(-scores, kind="stable"):
+            i = int(cand[j])
+            path = mirror.paths[i]
+            if per_doc.get(path, 0) >= self.max_per_doc:
+                continue
+            per_doc[path] = per_doc.get(path, 0) + 1
+            meta = mirror.metas[i]
+            out.append(
+                Passage(
+                    id=mirror.ids[i],
+                    path=path,
+                    title=str(meta.get("title", "")),
+                    category=str(meta.get("category", "")),
+                    section=str(meta.get("section", "")),
+                    text=mirror.texts[i],
+                    score=float(scores[j]),
+                    leadership_types=_split_csv(meta.get("leadership_types")),
+                    followership_types=_split_csv(meta.get("followership_types")),
+                )
+            )
+            if len(out) >= k:
+                break
+        return out
+
+    @staticmethod
+    def _resolve_code(leadership_type: str | None) -> str | None:
+        if not leadership_type:
+            return None
+        resolved = resolve_type(leadership_type)
+        if resolved is None:
+            raise ValueError(f"unknown leadership type {leadership_type!r}")
+        return resolved.code
+
+    @staticmethod
+    def _resolve_followers(values: Sequence[str]) -> tuple[str, ...]:
+        out: list[str] = []
+        for value in values:
+            key = value.strip().lower()
+            if key not in FOLLOWERSHIP_TYPES:
+                raise ValueError(f"unknown followership type {value!r}")
+            if key not in out:
+                out.append(key)
+        return tuple(out)
+
+    @staticmethod
+    def _resolve_categories(categories: Sequence[str] | None) -> tuple[str, ...] | None:
+        if categories is None:
+            return None
+        if isinstance(categories, str):
+            categories = [categories]
+        unknown = [c for c in categories if c not in CATEGORIES]
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; expected some of {list(CATEGORIES)}")
+        return tuple(dict.fromkeys(categories))
+
+    # -- ingestion ------------------------------------------------------------------
+
+    async def ingest(self, kb_dir: Path | str) -> IngestReport:
+        """Make the collection match `kb_dir`: embed new chunks, drop vanished ones."""
+        async with self._ingest_lock:
+            started = time.perf_counter()
+            corpus = await asyncio.to_thread(load_corpus, Path(kb_dir))
+            existing = set(await asyncio.to_thread(self._all_ids))
+            wanted = {c.id: c for c in corpus.chunks}
+            to_add = [c for c in corpus.chunks if c.id not in existing]
+            to_remove = sorted(existing - wanted.keys())
+            for i in range(0, len(to_add), INGEST_BATCH):
+                await self._add(to_add[i : i + INGEST_BATCH])
+                log.info(
+                    "ingest progress",
+                    extra={"embedded": min(i + INGEST_BATCH, len(to_add)), "total": len(to_add)},
+                )
+            for i in range(0, len(to_remove), PAGE):
+                batch = to_remove[i : i + PAGE]
+                await asyncio.to_thread(self._collection.delete, ids=batch)
+            if to_add or to_remove or await self._stored_version() != corpus.version:
+                await asyncio.to_thread(self._write_version, corpus.version)
+            await self.reload()
+            report = IngestReport(
+                added=len(to_add),
+                removed=len(to_remove),
+                unchanged=len(corpus.chunks) - len(to_add),
+                documents=len(corpus.documents),
+                chunks=len(corpus.chunks),
+                kb_version=corpus.version,
+                seconds=time.perf_counter() - started,
+            )
+            log.info("knowledge base ingested", extra=report.as_dict())
+            return report
+
+    def _all_ids(self) -> list[str]:
+        ids: list[str] = []
+        offset = 0
+        while True:
+            got = self._collection.get(include=[], limit=PAGE * 10, offset=offset)["ids"]
+            ids.extend(got)
+            offset += len(got)
+            if len(got) < PAGE * 10:
+                return ids
+
+    async def _add(self, chunks: Sequence[Chunk]) -> None:
+        vectors = await self.embedder.embed_passages([c.text for c in chunks])
+        await asyncio.to_thread(
+            self._collection.upsert,
+            ids=[c.id for c in chunks],
+            embeddings=vectors,
+            documents=[c.text for c in chunks],
+            metadatas=[c.metadata() for c in chunks],
+        )
+
+    def _write_version(self, version: str) -> None:
+        meta = dict(self._collection.metadata or {})
+        meta["kb_version"] = version
+        self._collection.modify(metadata=meta)
+
+
+def _collection_name(settings: Settings, embedder: Embedder) -> str:
+    if embedder.name == E5Embedder.name:
+        return settings.chroma_collection
+    return f"{settings.chroma_collection}-{embedder.name}"
+
+
+def make_chroma_client(settings: Settings) -> Any:
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    if settings.chroma_host:
+        return chromadb.HttpClient(
+            host=settings.chroma_host, port=settings.chroma_port, settings=chroma_settings
+        )
+    path = Path(settings.data_dir) / "chroma"
+    path.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+
+
+def _open_collection(client: Any, name: str, embedder: Embedder) -> Any:
+    collection = client.get_or_create_collection(
+        name,
+        embedding_function=None,
+        configuration={"hnsw": {"space": "cosine"}},
+        metadata={"embedder": embedder.name},
+    )
+    stored = (collection.metadata or {}).get("embedder")
+    if stored is not None and stored != embedder.name:
+        raise RetrievalError(
+            f"Chroma collection {name!r} holds {stored!r} vectors, not {embedder.name!r}; "
+            "use another CHROMA_COLLECTION or re-ingest into an empty one"
+        )
+    return collection
+
+
+async def open_retriever(
+    settings: Settings,
+    *,
+    auto_ingest: bool = True,
+    embedder: Embedder | str | None = None,
+    **options: Any,
+) -> Retriever:
+    """Connect to Chroma, load the index mirror and warm the embedder up.
+
+    `embedder` defaults to `settings.extra["RAG_EMBEDDER"]`, else "e5" (offline). The
+    default embedder uses `settings.chroma_collection` as is; any other gets its name
+    appended, so vectors from two models never share a collection.
+    """
+    if embedder is None or isinstance(embedder, str):
+        kind = embedder or settings.extra.get("RAG_EMBEDDER") or DEFAULT_EMBEDDER
+        embedder = make_embedder(kind, settings=settings)
+    client: Any = None
+    warm = asyncio.create_task(embedder.warm_up())
+    try:
+        client = await asyncio.to_thread(make_chroma_client, settings)
+        name = _collection_name(settings, embedder)
+        collection = await asyncio.to_thread(_open_collection, client, name, embedder)
+        retriever = Retriever(client, collection, embedder, **options)
+        await retriever.reload()
+        if auto_ingest and retriever.size == 0:
+            await retriever.ingest(settings.knowledge_base_dir)
+        await warm
+        # The first search pays for lazy set-up in Chroma and scikit-learn (~150 ms).
+        await retriever.search("리더십 코칭 워밍업", k=1)
+    except BaseException:
+        warm.cancel()
+        await asyncio.gather(warm, return_exceptions=True)
+        await embedder.aclose()
+        if client is not None:
+            await asyncio.to_thread(client.close)
+        raise
+    log.info(
+        "retriever ready",
+        extra={"collection": name, "chunks": retriever.size, "kb_version": retriever.kb_version},
+    )
+    return retriever
