@@ -206,11 +206,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8200)
-    parser.add_argument("--gemini-base-url", required=True, help="the emulator, e.g. http://127.0.0.1:8090")
+    parser.add_argument(
+        "--gemini-base-url", required=True, help="the emulator, e.g. http://127.0.0.1:8090"
+    )
     parser.add_argument("--api-key", default="x")
     parser.add_argument("--model", default="gemini-2.5-flash")
-    parser.add_argument("--shards", type=int, default=DEFAULT_SHARDS,
-                        help=f"google-genai clients with their own pools (default {DEFAULT_SHARDS})")
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=DEFAULT_SHARDS,
+        help=f"google-genai clients with their own pools (default {DEFAULT_SHARDS})",
+    )
     args = parser.parse_args()
     app = create_app(
         api_key=args.api_key, base_url=args.gemini_base_url, model=args.model, shards=args.shards

@@ -16,9 +16,10 @@ What it does, in one run:
 3. Starts a bare Starlette app in another process, same uvicorn flags, whose one POST
    endpoint parses the JSON body and returns the warmed report's JSON (same bytes, rendered
    with orjson per request): the floor for "an HTTP JSON round trip of this size".
-4. For each concurrency, runs each target for `--duration` seconds (after a short warm-up)
-   with an asyncio httpx client, one connection per concurrent worker, and records every
-   request's latency.
+4. For each concurrency, runs each target for `--duration` seconds in total, alternating
+   the two in `--rounds` slices (each after a short warm-up) so load from elsewhere on the
+   machine hits both alike, with an asyncio httpx client, one connection per concurrent
+   worker, and records every request's latency.
 
 Prints a table and writes benchmarks/results/report_cache.json with p50/p99 latency,
 requests/s and the full/bare ratios. The client is a single Python process, so at high
@@ -55,8 +56,15 @@ RESULTS = ROOT / "benchmarks" / "results" / "report_cache.json"
 API_KEY = "bench-api-key-0123456789"
 PATH = "/api/v1/coaching/interpretation"
 BODY = {"assessment": {"공유": 4.8, "상호작용": 3.9, "성장": 5.1}}
-UVICORN_FLAGS = ["--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                 "--log-level", "warning"]
+UVICORN_FLAGS = [
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--no-access-log",
+    "--log-level",
+    "warning",
+]
 
 
 def free_port() -> int:
@@ -84,15 +92,21 @@ def bare_app(payload_file: str) -> Any:
     async def health(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    return Starlette(routes=[Route(PATH, endpoint, methods=["POST"]),
-                             Route("/health", health)])
+    return Starlette(routes=[Route(PATH, endpoint, methods=["POST"]), Route("/health", health)])
 
 
 def serve_bare(port: int, payload_file: str) -> None:
     import uvicorn
 
-    uvicorn.run(bare_app(payload_file), host="127.0.0.1", port=port, loop="uvloop",
-                http="httptools", access_log=False, log_level="warning")
+    uvicorn.run(
+        bare_app(payload_file),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )
 
 
 # --------------------------------------------------------------------------- processes
@@ -150,7 +164,11 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def run_load(
-    url: str, headers: dict[str, str], concurrency: int, duration_s: float, warmup_s: float,
+    url: str,
+    headers: dict[str, str],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
     check: bytes | None,
 ) -> tuple[list[float], int, float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -191,8 +209,7 @@ async def run_load(
     return latencies, errors, seconds
 
 
-def row(target: str, concurrency: int, latencies: list[float], errors: int, seconds: float
-        ) -> Row:
+def row(target: str, concurrency: int, latencies: list[float], errors: int, seconds: float) -> Row:
     values = sorted(latencies)
     return Row(
         target=target,
@@ -226,15 +243,27 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         )
         app_port, bare_port = free_port(), free_port()
         app_url, bare_url = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{bare_port}"
-        app_cmd = [sys.executable, "-m", "uvicorn", "linkcoach_stream.app:create_app",
-                   "--factory", "--host", "127.0.0.1", "--port", str(app_port),
-                   "--workers", "1", *UVICORN_FLAGS]
+        app_cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "linkcoach_stream.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(app_port),
+            "--workers",
+            "1",
+            *UVICORN_FLAGS,
+        ]
         with process(app_cmd, env) as app_proc:
             await wait_healthy(app_url, app_proc)
             async with httpx.AsyncClient(base_url=app_url, timeout=60) as client:
                 user_id = f"bench-{os.getpid()}"
-                r = await client.post("/api/v1/auth/token", json={"user_id": user_id},
-                                      headers={"X-API-Key": API_KEY})
+                r = await client.post(
+                    "/api/v1/auth/token", json={"user_id": user_id}, headers={"X-API-Key": API_KEY}
+                )
                 r.raise_for_status()
                 headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
                 first = await client.post(PATH, json=BODY, headers=headers)
@@ -245,20 +274,36 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     raise RuntimeError("the second request was not a cache hit")
             payload = Path(tmp) / "payload.json"
             payload.write_bytes(second.content)
-            bare_cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-bare",
-                        str(bare_port), "--payload", str(payload)]
+            bare_cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--serve-bare",
+                str(bare_port),
+                "--payload",
+                str(payload),
+            ]
             with process(bare_cmd, env) as bare_proc:
                 await wait_healthy(bare_url, bare_proc)
                 rows: list[Row] = []
+                targets: tuple[tuple[str, str, dict[str, str], bytes | None], ...] = (
+                    ("full", app_url, headers, b'"cached":true'),
+                    ("bare", bare_url, {}, None),
+                )
                 for c in concurrencies:
-                    for target, url, hdrs, check in (
-                        ("full", app_url, headers, b'"cached":true'),
-                        ("bare", bare_url, {}, None),
-                    ):
-                        lat, errors, seconds = await run_load(
-                            url, hdrs, c, args.duration, args.warmup, check
-                        )
-                        rows.append(row(target, c, lat, errors, seconds))
+                    # Alternate the two targets in short slices so a busy neighbour on the
+                    # machine slows both alike instead of whichever happened to run then.
+                    acc: dict[str, tuple[list[float], int, float]] = {
+                        t[0]: ([], 0, 0.0) for t in targets
+                    }
+                    for _ in range(args.rounds):
+                        for target, url, hdrs, check in targets:
+                            lat, errors, seconds = await run_load(
+                                url, hdrs, c, args.duration / args.rounds, args.warmup, check
+                            )
+                            prev = acc[target]
+                            acc[target] = (prev[0] + lat, prev[1] + errors, prev[2] + seconds)
+                    for target, _, _, _ in targets:
+                        rows.append(row(target, c, *acc[target]))
                         print_row(rows[-1])
     ratios = []
     for c in concurrencies:
@@ -287,6 +332,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "client": "httpx.AsyncClient in one process, one connection per worker",
             "duration_s": args.duration,
             "warmup_s": args.warmup,
+            "rounds": args.rounds,
             "response_bytes": len(second.content),
             "request": BODY,
         },
@@ -304,29 +350,58 @@ def print_row(r: Row) -> None:
 
 
 def print_table(result: dict[str, Any]) -> None:
-    out = ["", "| concurrency | target | req/s | p50 ms | p99 ms | errors |",
-           "|---:|---|---:|---:|---:|---:|"]
+    out = [
+        "",
+        "| concurrency | target | req/s | p50 ms | p99 ms | errors |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
     for r in result["results"]:
-        out.append(f"| {r['concurrency']} | {r['target']} | {r['rps']:.1f} | "
-                   f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
-    out += ["", "| concurrency | req/s full/bare | p50 full/bare | p99 full/bare |",
-            "|---:|---:|---:|---:|"]
+        out.append(
+            f"| {r['concurrency']} | {r['target']} | {r['rps']:.1f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+        )
+    out += [
+        "",
+        "| concurrency | req/s full/bare | p50 full/bare | p99 full/bare |",
+        "|---:|---:|---:|---:|",
+    ]
     for q in result["ratios"]:
-        out.append(f"| {q['concurrency']} | {q['rps_full_over_bare']:.3f} | "
-                   f"{q['p50_full_over_bare']:.3f} | {q['p99_full_over_bare']:.3f} |")
-    out.append(f"\nresponse size {result['setup']['response_bytes']} bytes; "
-               f"wrote {RESULTS.relative_to(ROOT)}\n")
+        out.append(
+            f"| {q['concurrency']} | {q['rps_full_over_bare']:.3f} | "
+            f"{q['p50_full_over_bare']:.3f} | {q['p99_full_over_bare']:.3f} |"
+        )
+    out.append(
+        f"\nresponse size {result['setup']['response_bytes']} bytes; "
+        f"wrote {RESULTS.relative_to(ROOT)}\n"
+    )
     sys.stdout.write("\n".join(out))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--concurrency", default="1,8,32,64",
-                        help="comma-separated concurrencies (default: 1,8,32,64)")
-    parser.add_argument("--duration", type=float, default=5.0,
-                        help="measured seconds per target and concurrency (default: 5)")
-    parser.add_argument("--warmup", type=float, default=1.0,
-                        help="unmeasured seconds before each measurement (default: 1)")
+    parser.add_argument(
+        "--concurrency",
+        default="1,8,32,64",
+        help="comma-separated concurrencies (default: 1,8,32,64)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=5.0,
+        help="measured seconds per target and concurrency (default: 5)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.5,
+        help="unmeasured seconds before each slice (default: 0.5)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="slices per target, alternating full and bare (default: 3)",
+    )
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--payload", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

