@@ -69,9 +69,7 @@ async def _token(settings: Settings, user: str, leadership_type: str | None) -> 
 
     async with open_resources(settings) as state:
         async with state["db"].acquire() as conn:
-            await users.upsert_user(
-                conn, user_id=user, email=None, leadership_type=leadership_type
-            )
+            await users.upsert_user(conn, user_id=user, email=None, leadership_type=leadership_type)
         token, _ = state["tokens"].mint_access(user_id=user, leadership_type=leadership_type)
         return str(token)
 

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 PLACEHOLDER_SECRETS = frozenset(
-    {"", "changeme", "change-me", "secret", "dev-secret", "CHANGE_ME", "linkcoach-dev-secret-not-for-production"}
+    {
+        "",
+        "changeme",
+        "change-me",
+        "secret",
+        "dev-secret",
+        "CHANGE_ME",
+        "linkcoach-dev-secret-not-for-production",
+    }
 )
 DEV_JWT_SECRET = "linkcoach-dev-secret-not-for-production"
 
@@ -159,8 +167,7 @@ class Settings:
             redis_prefix=get("REDIS_PREFIX", d.redis_prefix) or d.redis_prefix,
             chroma_host=get("CHROMA_HOST"),
             chroma_port=int(num("CHROMA_PORT", d.chroma_port)),
-            chroma_collection=get("CHROMA_COLLECTION", d.chroma_collection)
-            or d.chroma_collection,
+            chroma_collection=get("CHROMA_COLLECTION", d.chroma_collection) or d.chroma_collection,
             knowledge_base_dir=Path(get("KNOWLEDGE_BASE_DIR", str(d.knowledge_base_dir)) or "."),
             models_dir=Path(get("MODELS_DIR", str(d.models_dir)) or "."),
             gemini_api_key=get("GEMINI_API_KEY"),

@@ -96,7 +96,9 @@ class SSEParser:
             self.buffer = self.buffer[nl + 1 :]
             if not line:
                 if "data" in self.fields:
-                    events.append((self.fields.get("event", "message"), json.loads(self.fields["data"])))
+                    events.append(
+                        (self.fields.get("event", "message"), json.loads(self.fields["data"]))
+                    )
                 self.fields = {}
             elif not line.startswith(":"):
                 name, _, value = line.partition(":")
@@ -130,7 +132,10 @@ async def sse_turn(url: str, token: str, body: dict[str, Any], timeout: float) -
                     line = await reader.readline()
                     if line in (b"\r\n", b""):
                         break
-                    if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
+                    if (
+                        line.lower().startswith(b"transfer-encoding:")
+                        and b"chunked" in line.lower()
+                    ):
                         chunked = True
                 if status != 200:
                     return TurnResult(ok=False, reason=f"http_{status}")
@@ -177,16 +182,20 @@ async def sse_turn(url: str, token: str, body: dict[str, Any], timeout: float) -
     return result
 
 
-async def ws_session(url: str, token: str, questions: list[dict[str, Any]], timeout: float,
-                     on_result: Any) -> None:
+async def ws_session(
+    url: str, token: str, questions: list[dict[str, Any]], timeout: float, on_result: Any
+) -> None:
     from websockets.asyncio.client import connect
 
     ws_url = url.replace("http://", "ws://").replace("https://", "wss://").rstrip("/")
     try:
         async with asyncio.timeout(timeout * max(1, len(questions))):
-            async with connect(f"{ws_url}/api/v1/coaching/ws",
-                               subprotocols=["bearer", token],  # type: ignore[list-item]
-                               max_size=2**20, compression=None) as ws:
+            async with connect(
+                f"{ws_url}/api/v1/coaching/ws",
+                subprotocols=["bearer", token],  # type: ignore[list-item]
+                max_size=2**20,
+                compression=None,
+            ) as ws:
                 json.loads(await ws.recv())
                 for body in questions:
                     result = TurnResult(ok=False, reason="incomplete")
@@ -220,12 +229,17 @@ async def ws_session(url: str, token: str, questions: list[dict[str, Any]], time
 async def mint_tokens(url: str, api_key: str, n: int, prefix: str) -> list[str]:
     sem = asyncio.Semaphore(32)
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
         async def one(i: int) -> str:
             async with sem:
                 r = await client.post(
                     "/api/v1/auth/token",
-                    json={"user_id": f"{prefix}-{i}", "leadership_type": random.choice(
-                        ["HHH", "HLL", "HLH", "HHL", "LHH", "LLH", "LHL", "LLL"])},
+                    json={
+                        "user_id": f"{prefix}-{i}",
+                        "leadership_type": random.choice(
+                            ["HHH", "HLL", "HLH", "HHL", "LHH", "LLH", "LHL", "LLL"]
+                        ),
+                    },
                     headers={"X-API-Key": api_key},
                 )
                 r.raise_for_status()
@@ -284,8 +298,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.mode == "ws":
                 count = args.turns if deadline is None else 1
                 while True:
-                    await ws_session(url, token, [body() for _ in range(count)], args.timeout,
-                                     stats.add)
+                    await ws_session(
+                        url, token, [body() for _ in range(count)], args.timeout, stats.add
+                    )
                     if deadline is None or time.perf_counter() >= deadline:
                         break
             else:
@@ -317,18 +332,30 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", dest="urls", action="append", default=None,
-                        help="server base URL; repeat to spread over several instances")
+    parser.add_argument(
+        "--url",
+        dest="urls",
+        action="append",
+        default=None,
+        help="server base URL; repeat to spread over several instances",
+    )
     parser.add_argument("--mode", choices=["sse", "ws"], default="sse")
     parser.add_argument("--concurrency", "-c", type=int, default=100)
     parser.add_argument("--ramp-up", type=float, default=2.0, help="seconds to start all workers")
-    parser.add_argument("--turns", type=int, default=1, help="turns per worker (without --duration)")
+    parser.add_argument(
+        "--turns", type=int, default=1, help="turns per worker (without --duration)"
+    )
     parser.add_argument("--duration", type=float, default=None, help="run for this many seconds")
     parser.add_argument("--questions", help="file with one question per line")
     parser.add_argument("--suffix", default="", help="text appended to every question")
-    parser.add_argument("--api-key", default="linkcoach-dev-api-key",
-                        help="API key to mint one user token per worker")
-    parser.add_argument("--users", type=int, default=None, help="distinct users (default: one per worker)")
+    parser.add_argument(
+        "--api-key",
+        default="linkcoach-dev-api-key",
+        help="API key to mint one user token per worker",
+    )
+    parser.add_argument(
+        "--users", type=int, default=None, help="distinct users (default: one per worker)"
+    )
     parser.add_argument("--token", help="use this access token for every stream instead of minting")
     parser.add_argument("--timeout", type=float, default=120.0, help="per-turn timeout, seconds")
     parser.add_argument("--out", default="loadtest-results.json")

@@ -13,12 +13,17 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
-            "linkcoach_http_requests_total", "HTTP requests", ["method", "route", "status"],
+            "linkcoach_http_requests_total",
+            "HTTP requests",
+            ["method", "route", "status"],
             registry=r,
         )
         self.request_seconds = Histogram(
-            "linkcoach_http_request_seconds", "HTTP request duration", ["method", "route"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "linkcoach_http_request_seconds",
+            "HTTP request duration",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.active_streams = Gauge(
             "linkcoach_active_streams", "Open client streams", ["transport"], registry=r
@@ -27,12 +32,18 @@ class Metrics:
             "linkcoach_active_generations", "Generations running in this process", registry=r
         )
         self.ttft_seconds = Histogram(
-            "linkcoach_time_to_first_chunk_seconds", "Time from request to first chunk",
-            ["provider"], buckets=_LATENCY_BUCKETS, registry=r,
+            "linkcoach_time_to_first_chunk_seconds",
+            "Time from request to first chunk",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.chunk_gap_seconds = Histogram(
-            "linkcoach_inter_chunk_seconds", "Gap between chunks from the provider",
-            ["provider"], buckets=_GAP_BUCKETS, registry=r,
+            "linkcoach_inter_chunk_seconds",
+            "Gap between chunks from the provider",
+            ["provider"],
+            buckets=_GAP_BUCKETS,
+            registry=r,
         )
         self.llm_errors = Counter(
             "linkcoach_llm_errors_total", "LLM failures by kind", ["provider", "kind"], registry=r
@@ -44,16 +55,21 @@ class Metrics:
             "linkcoach_report_cache_total", "Report cache lookups", ["tier", "result"], registry=r
         )
         self.api_log_dropped = Gauge(
-            "linkcoach_api_log_dropped", "API log entries dropped (queue full or DB down)",
+            "linkcoach_api_log_dropped",
+            "API log entries dropped (queue full or DB down)",
             registry=r,
         )
         self.rate_limited = Counter(
-            "linkcoach_rate_limited_total", "Requests refused by a rate limit", ["scope"],
+            "linkcoach_rate_limited_total",
+            "Requests refused by a rate limit",
+            ["scope"],
             registry=r,
         )
         self.degraded = Counter(
-            "linkcoach_degraded_total", "Operations served without a backing service",
-            ["service"], registry=r,
+            "linkcoach_degraded_total",
+            "Operations served without a backing service",
+            ["service"],
+            registry=r,
         )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:

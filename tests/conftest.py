@@ -376,10 +376,22 @@ class ServerProcess:
         import sys
 
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "uvicorn", "linkcoach_stream.app:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets-sansio",
-            "--no-access-log", "--log-level", "warning",
-            env=settings_env(self.settings), cwd=str(ROOT),
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "linkcoach_stream.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--ws",
+            "websockets-sansio",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            env=settings_env(self.settings),
+            cwd=str(ROOT),
         )
         async with httpx.AsyncClient() as c:
             for _ in range(300):

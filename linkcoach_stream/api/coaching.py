@@ -134,7 +134,7 @@ async def query_stream(request: Request) -> EventSourceResponse:
 
 def _last_event_id(request: Request) -> int:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-    if raw in (None, ""):
+    if raw is None or raw == "":
         return 0
     try:
         value = int(raw)
@@ -211,9 +211,7 @@ async def legacy_chat(request: Request) -> JSON:
 routes = [
     Route("/coaching/query/stream", query_stream, methods=["POST"], name="coaching:stream"),
     Route("/coaching/query", query, methods=["POST"], name="coaching:query"),
-    Route(
-        "/coaching/streams/{message_id}", resume_stream, methods=["GET"], name="coaching:resume"
-    ),
+    Route("/coaching/streams/{message_id}", resume_stream, methods=["GET"], name="coaching:resume"),
     Route(
         "/coaching/streams/{message_id}/cancel",
         cancel_stream,

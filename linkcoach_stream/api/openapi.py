@@ -32,27 +32,57 @@ def _operations() -> list[dict[str, Any]]:
     ops: list[dict[str, Any]] = [
         {"method": "get", "path": "/health", "auth": None},
         {"method": "get", "path": "/ready", "auth": None},
-        {"method": "post", "path": "/api/v1/auth/token", "auth": "apiKey",
-         "body": auth.TokenRequest},
-        {"method": "post", "path": "/api/v1/auth/refresh", "auth": None,
-         "body": auth.RefreshRequest},
-        {"method": "post", "path": "/api/v1/conversations", "auth": "bearer",
-         "body": conversations.CreateConversation},
+        {
+            "method": "post",
+            "path": "/api/v1/auth/token",
+            "auth": "apiKey",
+            "body": auth.TokenRequest,
+        },
+        {
+            "method": "post",
+            "path": "/api/v1/auth/refresh",
+            "auth": None,
+            "body": auth.RefreshRequest,
+        },
+        {
+            "method": "post",
+            "path": "/api/v1/conversations",
+            "auth": "bearer",
+            "body": conversations.CreateConversation,
+        },
         {"method": "get", "path": "/api/v1/conversations", "auth": "bearer", "query": True},
-        {"method": "get", "path": "/api/v1/conversations/{conversation_id}", "auth": "bearer",
-         "query": True},
-        {"method": "delete", "path": "/api/v1/conversations/{conversation_id}",
-         "auth": "bearer"},
-        {"method": "post", "path": "/api/v1/coaching/query/stream", "auth": "bearer",
-         "body": coaching.QueryRequest, "stream": True},
-        {"method": "post", "path": "/api/v1/coaching/query", "auth": "bearer",
-         "body": coaching.QueryRequest},
-        {"method": "get", "path": "/api/v1/coaching/streams/{message_id}", "auth": "bearer",
-         "stream": True},
-        {"method": "post", "path": "/api/v1/coaching/streams/{message_id}/cancel",
-         "auth": "bearer"},
-        {"method": "post", "path": "/chat", "auth": "bearer",
-         "body": coaching.LegacyChatRequest},
+        {
+            "method": "get",
+            "path": "/api/v1/conversations/{conversation_id}",
+            "auth": "bearer",
+            "query": True,
+        },
+        {"method": "delete", "path": "/api/v1/conversations/{conversation_id}", "auth": "bearer"},
+        {
+            "method": "post",
+            "path": "/api/v1/coaching/query/stream",
+            "auth": "bearer",
+            "body": coaching.QueryRequest,
+            "stream": True,
+        },
+        {
+            "method": "post",
+            "path": "/api/v1/coaching/query",
+            "auth": "bearer",
+            "body": coaching.QueryRequest,
+        },
+        {
+            "method": "get",
+            "path": "/api/v1/coaching/streams/{message_id}",
+            "auth": "bearer",
+            "stream": True,
+        },
+        {
+            "method": "post",
+            "path": "/api/v1/coaching/streams/{message_id}/cancel",
+            "auth": "bearer",
+        },
+        {"method": "post", "path": "/chat", "auth": "bearer", "body": coaching.LegacyChatRequest},
     ]
     try:
         from . import reports
@@ -70,13 +100,21 @@ def build_document() -> dict[str, Any]:
         params = []
         for name in [p[1:-1] for p in op["path"].split("/") if p.startswith("{")]:
             params.append(
-                {"name": name, "in": "path", "required": True,
-                 "schema": {"type": "string", "format": "uuid"}}
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "format": "uuid"},
+                }
             )
         if op.get("query"):
             params += [
-                {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                },
                 {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
             ]
         if params:
@@ -99,8 +137,7 @@ def build_document() -> dict[str, Any]:
         elif op["auth"] == "apiKey":
             operation["security"] = [{"apiKey": []}]
         ok = "text/event-stream" if op.get("stream") else "application/json"
-        operation["responses"]["200"] = {"description": "success",
-                                         "content": {ok: {"schema": {}}}}
+        operation["responses"]["200"] = {"description": "success", "content": {ok: {"schema": {}}}}
         for status in ("400", "401", "404", "413", "422", "429"):
             operation["responses"][status] = {
                 "description": "error",

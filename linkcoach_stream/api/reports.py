@@ -82,9 +82,7 @@ async def legacy_generate(request: Request) -> JSON:
         raise Forbidden("user_id does not match the token's user", code="user_mismatch")
     leadership_type = body.leadership_type or None
     result = (
-        await _service(request).interpret(
-            user, leadership_type=leadership_type, assessment=None
-        )
+        await _service(request).interpret(user, leadership_type=leadership_type, assessment=None)
     ).as_dict()
     return JSON(
         {

@@ -130,7 +130,9 @@ def _asset(request: Request, name: str, *, frame_src: bool = False) -> Response:
     return Response(item.body, media_type=item.media_type, headers=headers)
 
 
-def _page(request: Request, name: str, replacements: dict[str, str], *, frame_src: bool) -> Response:
+def _page(
+    request: Request, name: str, replacements: dict[str, str], *, frame_src: bool
+) -> Response:
     settings = _settings(request)
     text = static_file(name).body.decode()
     for key, value in replacements.items():

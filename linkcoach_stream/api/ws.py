@@ -49,9 +49,7 @@ class Session:
     async def send_text_frame(self, frame: dict[str, Any]) -> None:
         async with self._send_lock:
             # A client that stops reading must not hold the server's buffers forever.
-            await asyncio.wait_for(
-                self.ws.send_text(dumps(frame).decode()), self.send_timeout
-            )
+            await asyncio.wait_for(self.ws.send_text(dumps(frame).decode()), self.send_timeout)
 
     async def error(self, code: str, message: str, **extra: Any) -> None:
         await self.send_text_frame({"type": "error", "code": code, "message": message, **extra})
@@ -170,7 +168,7 @@ async def _authenticate(ws: WebSocket) -> Principal | None:
         frame = orjson.loads(raw)
         token = frame.get("token") if isinstance(frame, dict) else None
         if not isinstance(frame, dict) or frame.get("type") != "auth" or not isinstance(token, str):
-            raise Unauthorized("first frame must be {\"type\": \"auth\", \"token\": ...}")
+            raise Unauthorized('first frame must be {"type": "auth", "token": ...}')
         return await authenticate_token(ws, token)
     except TimeoutError:
         await ws.close(code=Unauthorized.ws_close, reason="no auth frame in time")

@@ -48,8 +48,9 @@ def _classify(exc: BaseException) -> LLMError:
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return LLMError("Gemini did not answer in time", kind="timeout", retryable=True)
     if isinstance(exc, httpx.HTTPError | OSError):
-        return LLMError(f"Gemini connection failed: {type(exc).__name__}", kind="connection",
-                        retryable=True)
+        return LLMError(
+            f"Gemini connection failed: {type(exc).__name__}", kind="connection", retryable=True
+        )
     return LLMError(f"Gemini failed: {type(exc).__name__}", kind="unknown")
 
 
@@ -81,7 +82,9 @@ class GeminiProvider:
             if settings.gemini_base_url:
                 options.base_url = settings.gemini_base_url
             self._https.append(http)
-            self._clients.append(genai.Client(api_key=settings.gemini_api_key, http_options=options))
+            self._clients.append(
+                genai.Client(api_key=settings.gemini_api_key, http_options=options)
+            )
         self._next = 0
 
     @property
@@ -127,7 +130,7 @@ class GeminiProvider:
                     ),
                     self.settings.llm_first_chunk_timeout_s,
                 )
-                async with contextlib.aclosing(iterator) as chunks:
+                async with contextlib.aclosing(iterator) as chunks:  # type: ignore[type-var]
                     while True:
                         timeout = (
                             self.settings.llm_idle_timeout_s
@@ -140,7 +143,8 @@ class GeminiProvider:
                             break
                         except TimeoutError:
                             raise LLMError(
-                                "Gemini stalled mid-answer" if started
+                                "Gemini stalled mid-answer"
+                                if started
                                 else "Gemini sent no first chunk in time",
                                 kind="stall" if started else "first_chunk_timeout",
                                 retryable=not started,

@@ -20,9 +20,18 @@ _ACTION = re.compile(r"(하세요|해 보세요|해보세요|시작하세요|정
 _MARKUP = re.compile(r"^[#>*\-\d.\s]+|\*\*")
 
 _LOW_TIPS = {
-    "공유": "공유 차원이 낮은 편이니, 결정 배경과 팀 목표를 먼저 말로 꺼내 공유하는 습관부터 잡아 보세요.",
-    "상호작용": "상호작용 차원이 낮은 편이니, 짧더라도 정기적인 1:1 대화로 팀원의 이야기를 먼저 들어 보세요.",
-    "성장": "성장 차원이 낮은 편이니, 팀원 한 명씩 다음 분기에 키우고 싶은 역량을 함께 정해 보세요.",
+    "공유": (
+        "공유 차원이 낮은 편이니, 결정 배경과 팀 목표를 먼저 말로 꺼내 "
+        "공유하는 습관부터 잡아 보세요."
+    ),
+    "상호작용": (
+        "상호작용 차원이 낮은 편이니, 짧더라도 정기적인 1:1 대화로 "
+        "팀원의 이야기를 먼저 들어 보세요."
+    ),
+    "성장": (
+        "성장 차원이 낮은 편이니, 팀원 한 명씩 다음 분기에 키우고 싶은 "
+        "역량을 함께 정해 보세요."
+    ),
 }
 
 
@@ -44,7 +53,7 @@ def compose_answer(question: str, passages: Sequence[PassageLike], code: str | N
     else:
         parts.append("지식베이스 자료로 답해 드립니다.\n\n")
     q = question.strip().replace("\n", " ")
-    parts.append(f"질문: \"{q[:60]}{'…' if len(q) > 60 else ''}\"\n\n")
+    parts.append(f'질문: "{q[:60]}{"…" if len(q) > 60 else ""}"\n\n')
     if not passages:
         parts.append(
             "이 질문과 직접 맞닿는 자료를 찾지 못했습니다. 상황(팀 규모, 관련된 팀원, 이미 "
@@ -65,11 +74,14 @@ def compose_answer(question: str, passages: Sequence[PassageLike], code: str | N
         if lows:
             parts.append(_LOW_TIPS[lows[0]] + "\n")
         else:
-            parts.append("세 차원이 모두 높은 편이니, 지금의 방식을 팀의 루틴으로 만들어 리더 "
-                         "한 사람에게 기대지 않게 하는 것이 다음 단계입니다.\n")
+            parts.append(
+                "세 차원이 모두 높은 편이니, 지금의 방식을 팀의 루틴으로 만들어 리더 "
+                "한 사람에게 기대지 않게 하는 것이 다음 단계입니다.\n"
+            )
     if passages:
-        parts.append("\n참고: " + ", ".join(f"[{i}] {p.title}" for i, p in
-                                           enumerate(passages[:3], 1)))
+        parts.append(
+            "\n참고: " + ", ".join(f"[{i}] {p.title}" for i, p in enumerate(passages[:3], 1))
+        )
     return "".join(parts)
 
 

@@ -186,9 +186,7 @@ class TokenService:
     async def rotate(self, conn: asyncpg.Connection, *, refresh_token: str) -> TokenPair:
         reused = False
         async with conn.transaction():
-            row = await refresh_tokens.get_for_update(
-                conn, token_hash=_hash_refresh(refresh_token)
-            )
+            row = await refresh_tokens.get_for_update(conn, token_hash=_hash_refresh(refresh_token))
             if row is None:
                 raise Unauthorized("refresh token is not valid", code="invalid_refresh_token")
             if row["revoked_at"] is not None:

@@ -286,9 +286,7 @@ class ChatService:
                         first_at = now
                         self.metrics.ttft_seconds.labels(provider).observe(now - t0)
                     else:
-                        self.metrics.chunk_gap_seconds.labels(provider).observe(
-                            now - last_chunk_at
-                        )
+                        self.metrics.chunk_gap_seconds.labels(provider).observe(now - last_chunk_at)
                     last_chunk_at = now
                     parts.append(chunk)
                     pending.append(chunk)
@@ -366,9 +364,7 @@ class ChatService:
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 await asyncio.sleep(0.2 * 2**attempt)
-        log.error(
-            "final message state not stored", extra={"message_id": str(message_id)}
-        )
+        log.error("final message state not stored", extra={"message_id": str(message_id)})
 
     # -- reading a turn ---------------------------------------------------------------
     async def events(
@@ -405,8 +401,12 @@ class ChatService:
         if row["status"] != "streaming":
             return {"message_id": str(message_id), "status": row["status"], "cancelled": False}
         local = await self.hub.cancel(str(message_id))
-        return {"message_id": str(message_id), "status": "cancelling", "cancelled": True,
-                "local": local}
+        return {
+            "message_id": str(message_id),
+            "status": "cancelling",
+            "cancelled": True,
+            "local": local,
+        }
 
 
 def replay_from_row(row: asyncpg.Record) -> list[StreamEvent]:
@@ -434,8 +434,12 @@ def replay_from_row(row: asyncpg.Record) -> list[StreamEvent]:
             StreamEvent(
                 last,
                 "error",
-                {"code": row["error_code"] or "llm_error", "message": "generation failed",
-                 "message_id": mid, "partial": bool(row["content"])},
+                {
+                    "code": row["error_code"] or "llm_error",
+                    "message": "generation failed",
+                    "message_id": mid,
+                    "partial": bool(row["content"]),
+                },
             )
         )
     else:
@@ -467,4 +471,3 @@ async def collect(events: AsyncIterator[StreamEvent]) -> tuple[str, list[StreamE
         if ev.event == "delta":
             text.append(ev.data["text"])
     return "".join(text), seen
-

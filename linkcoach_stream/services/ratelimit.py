@@ -143,8 +143,11 @@ class RateLimiter:
         now = time.time()
         try:
             ok = bool(
-                int(await self._slot(keys=[key], args=[now, self.lease_s, self.max_streams,
-                                                       message_id]))
+                int(
+                    await self._slot(
+                        keys=[key], args=[now, self.lease_s, self.max_streams, message_id]
+                    )
+                )
             )
         except (RedisError, OSError):
             self._degraded()
@@ -171,5 +174,7 @@ class RateLimiter:
             await self.redis.zrem(key, message_id)
         except (RedisError, OSError):
             self._degraded()
-            log.warning("stream slot not released in redis; its lease will expire",
-                        extra={"user_id": user_id})
+            log.warning(
+                "stream slot not released in redis; its lease will expire",
+                extra={"user_id": user_id},
+            )

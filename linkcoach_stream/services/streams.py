@@ -221,7 +221,7 @@ class StreamHub:
                 self.redis_failures += 1
                 await asyncio.sleep(0.5)
                 continue
-            entries = reply[0][1] if reply else []
+            entries: list[Any] = reply[0][1] if reply else []  # type: ignore[index,assignment]
             if entries:
                 quiet_rounds = 0
                 for entry_id, fields in entries:

@@ -32,12 +32,16 @@ def _claims(settings: Settings, user_id: str, **over: object) -> dict[str, objec
     return claims
 
 
-def _sign(settings: Settings, claims: dict[str, object], *, alg: str = "HS256", key: str = "") -> str:
+def _sign(
+    settings: Settings, claims: dict[str, object], *, alg: str = "HS256", key: str = ""
+) -> str:
     k = OctKey.import_key(key or settings.jwt_secret_key)
     return jwt.encode({"alg": alg}, claims, k, algorithms=[alg])
 
 
-async def _status(client: httpx.AsyncClient, token: str | None, raw: str | None = None) -> tuple[int, str]:
+async def _status(
+    client: httpx.AsyncClient, token: str | None, raw: str | None = None
+) -> tuple[int, str]:
     headers = {}
     if raw is not None:
         headers["Authorization"] = raw

@@ -8,7 +8,9 @@ from tests.conftest import User, make_user
 
 
 async def test_create_list_get_delete_conversation(client: httpx.AsyncClient, alice: User) -> None:
-    created = await client.post("/api/v1/conversations", json={"title": "첫 상담"}, headers=alice.headers)
+    created = await client.post(
+        "/api/v1/conversations", json={"title": "첫 상담"}, headers=alice.headers
+    )
     assert created.status_code == 201, created.text
     conv = created.json()
     assert conv["title"] == "첫 상담"
@@ -31,13 +33,17 @@ async def test_conversations_are_listed_newest_first_and_paged(client: httpx.Asy
     user = await make_user(client)
     ids = []
     for i in range(5):
-        r = await client.post("/api/v1/conversations", json={"title": f"대화 {i}"}, headers=user.headers)
+        r = await client.post(
+            "/api/v1/conversations", json={"title": f"대화 {i}"}, headers=user.headers
+        )
         ids.append(r.json()["id"])
     seen: list[str] = []
     cursor = None
     while True:
         params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
-        page = (await client.get("/api/v1/conversations", params=params, headers=user.headers)).json()
+        page = (
+            await client.get("/api/v1/conversations", params=params, headers=user.headers)
+        ).json()
         seen += [c["id"] for c in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:

@@ -23,7 +23,9 @@ async def test_unknown_route_and_wrong_method_are_json(client: httpx.AsyncClient
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
 
 
-async def test_malformed_json_wrong_types_and_oversize(client: httpx.AsyncClient, alice: User) -> None:
+async def test_malformed_json_wrong_types_and_oversize(
+    client: httpx.AsyncClient, alice: User
+) -> None:
     h = alice.headers
     r = await client.post("/api/v1/conversations", content=b'{"title": ', headers=h)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
@@ -60,7 +62,9 @@ async def test_cors_allows_listed_origin_only(client: httpx.AsyncClient) -> None
     assert ok.status_code == 200
     assert ok.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     assert "authorization" in ok.headers["access-control-allow-headers"].lower()
-    bad = await client.options("/api/v1/conversations", headers={"Origin": "https://evil.example", **pre})
+    bad = await client.options(
+        "/api/v1/conversations", headers={"Origin": "https://evil.example", **pre}
+    )
     assert bad.status_code == 400
     assert "access-control-allow-origin" not in bad.headers
 
@@ -68,7 +72,9 @@ async def test_cors_allows_listed_origin_only(client: httpx.AsyncClient) -> None
 async def test_requests_are_logged_to_api_logs(
     client: httpx.AsyncClient, server: RunningServer, alice: User
 ) -> None:
-    r = await client.get("/api/v1/conversations", headers={**alice.headers, "X-Request-ID": "req-abc-1"})
+    r = await client.get(
+        "/api/v1/conversations", headers={**alice.headers, "X-Request-ID": "req-abc-1"}
+    )
     assert r.headers["x-request-id"] == "req-abc-1"
     conn = await asyncpg.connect(server.settings.database_url)
     try:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import time
-import uuid
 from typing import Any
 from urllib.parse import urlencode
 

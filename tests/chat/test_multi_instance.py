@@ -96,11 +96,15 @@ async def test_a_finished_answer_replays_on_the_other_instance(
     gclient: httpx.AsyncClient, second_instance: ServerProcess
 ) -> None:
     user = await make_user(gclient)
-    async with gclient.stream("POST", STREAM, json={"question": "완료 후 재생"}, headers=user.headers) as r:
+    async with gclient.stream(
+        "POST", STREAM, json={"question": "완료 후 재생"}, headers=user.headers
+    ) as r:
         events = await read_sse(r)
     mid = events[0].data["message_id"]
     async with httpx.AsyncClient(base_url=second_instance.url, timeout=30) as other:
-        async with other.stream("GET", f"/api/v1/coaching/streams/{mid}", headers=user.headers) as r:
+        async with other.stream(
+            "GET", f"/api/v1/coaching/streams/{mid}", headers=user.headers
+        ) as r:
             replay = await read_sse(r)
     assert [(e.id, e.event) for e in replay] == [(e.id, e.event) for e in events]
     assert text_of(replay) == text_of(events)

@@ -36,7 +36,10 @@ async def test_offline_stream_events_are_ordered_and_match_the_stored_message(
     client: httpx.AsyncClient, server: RunningServer, alice: User
 ) -> None:
     async with client.stream(
-        "POST", STREAM, json={"question": "팀원에게 피드백을 어떻게 주면 좋을까요?"}, headers=alice.headers
+        "POST",
+        STREAM,
+        json={"question": "팀원에게 피드백을 어떻게 주면 좋을까요?"},
+        headers=alice.headers,
     ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -66,7 +69,9 @@ async def test_gemini_stream_keeps_korean_intact_across_chunk_boundaries(
 ) -> None:
     user = await make_user(gclient)
     question = "회의에서 아무도 말을 안 해요. 어떻게 분위기를 바꾸죠?"
-    async with gclient.stream("POST", STREAM, json={"question": question}, headers=user.headers) as r:
+    async with gclient.stream(
+        "POST", STREAM, json={"question": question}, headers=user.headers
+    ) as r:
         events = await read_sse(r)
     deltas = [e.data["text"] for e in events if e.event == "delta"]
     text = "".join(deltas)
@@ -74,8 +79,10 @@ async def test_gemini_stream_keeps_korean_intact_across_chunk_boundaries(
     assert events[0].data["provider"] == "gemini"
     assert len(deltas) >= 3
     # Every chunk decodes on its own, and some cut a Korean word in the middle.
-    assert any(d and "\uac00" <= d[-1] <= "\ud7a3" and "\uac00" <= n[:1] <= "\ud7a3"
-               for d, n in zip(deltas, deltas[1:], strict=False))
+    assert any(
+        d and "\uac00" <= d[-1] <= "\ud7a3" and "\uac00" <= n[:1] <= "\ud7a3"
+        for d, n in zip(deltas, deltas[1:], strict=False)
+    )
     assert "회의에서" in text
     row = await _stored(gemini_server, events[0].data["message_id"])
     assert row["content"] == text
@@ -88,28 +95,40 @@ async def test_gemini_stream_keeps_korean_intact_across_chunk_boundaries(
 async def test_non_streaming_query_returns_the_same_turn(
     client: httpx.AsyncClient, server: RunningServer, alice: User
 ) -> None:
-    r = await client.post("/api/v1/coaching/query", json={"question": "위임은 어떻게 시작하나요?"},
-                          headers=alice.headers)
+    r = await client.post(
+        "/api/v1/coaching/query",
+        json={"question": "위임은 어떻게 시작하나요?"},
+        headers=alice.headers,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     row = await _stored(server, body["message_id"])
     assert body["answer"] == row["content"] and body["answer"]
     assert body["finish_reason"] == "stop"
-    conv = await client.get(f"/api/v1/conversations/{body['conversation_id']}", headers=alice.headers)
+    conv = await client.get(
+        f"/api/v1/conversations/{body['conversation_id']}", headers=alice.headers
+    )
     roles = [m["role"] for m in conv.json()["messages"]]
     assert roles == ["user", "assistant"]
 
 
-async def test_second_turn_continues_the_conversation(client: httpx.AsyncClient, alice: User) -> None:
-    first = (await client.post("/api/v1/coaching/query", json={"question": "첫 질문입니다"},
-                               headers=alice.headers)).json()
+async def test_second_turn_continues_the_conversation(
+    client: httpx.AsyncClient, alice: User
+) -> None:
+    first = (
+        await client.post(
+            "/api/v1/coaching/query", json={"question": "첫 질문입니다"}, headers=alice.headers
+        )
+    ).json()
     second = await client.post(
         "/api/v1/coaching/query",
         json={"question": "두 번째 질문", "conversation_id": first["conversation_id"]},
         headers=alice.headers,
     )
     assert second.json()["conversation_id"] == first["conversation_id"]
-    conv = await client.get(f"/api/v1/conversations/{first['conversation_id']}", headers=alice.headers)
+    conv = await client.get(
+        f"/api/v1/conversations/{first['conversation_id']}", headers=alice.headers
+    )
     assert [m["content"] for m in conv.json()["messages"] if m["role"] == "user"] == [
         "첫 질문입니다",
         "두 번째 질문",
@@ -121,7 +140,11 @@ async def test_duplicate_client_message_id_makes_one_turn_and_one_llm_call(
 ) -> None:
     user = await make_user(gclient)
     conv = (await gclient.post("/api/v1/conversations", json={}, headers=user.headers)).json()
-    body = {"question": "중복 전송 테스트 질문", "conversation_id": conv["id"], "client_message_id": "c-1"}
+    body = {
+        "question": "중복 전송 테스트 질문",
+        "conversation_id": conv["id"],
+        "client_message_id": "c-1",
+    }
     before = await emulator_stats(emulator)
 
     async def send() -> list:
@@ -182,7 +205,9 @@ async def test_stalled_provider_times_out_with_an_error(
     assert row["status"] == "error" and row["content"] == text_of(events)
 
 
-async def test_empty_and_oversize_questions_are_rejected(client: httpx.AsyncClient, alice: User) -> None:
+async def test_empty_and_oversize_questions_are_rejected(
+    client: httpx.AsyncClient, alice: User
+) -> None:
     r = await client.post(STREAM, json={"question": "   "}, headers=alice.headers)
     assert r.status_code == 422 and r.json()["error"]["field"] == "question"
     r = await client.post(STREAM, json={"question": "가" * 2001}, headers=alice.headers)
@@ -195,16 +220,22 @@ async def test_empty_and_oversize_questions_are_rejected(client: httpx.AsyncClie
 async def test_other_users_conversation_and_message_ids_are_refused(
     client: httpx.AsyncClient, alice: User, bob: User
 ) -> None:
-    turn = (await client.post("/api/v1/coaching/query", json={"question": "내 대화"},
-                              headers=alice.headers)).json()
+    turn = (
+        await client.post(
+            "/api/v1/coaching/query", json={"question": "내 대화"}, headers=alice.headers
+        )
+    ).json()
     r = await client.post(
-        STREAM, json={"question": "남의 대화에 끼어들기", "conversation_id": turn["conversation_id"]},
+        STREAM,
+        json={"question": "남의 대화에 끼어들기", "conversation_id": turn["conversation_id"]},
         headers=bob.headers,
     )
     assert r.status_code == 404
     r = await client.get(f"/api/v1/coaching/streams/{turn['message_id']}", headers=bob.headers)
     assert r.status_code == 404
-    r = await client.post(f"/api/v1/coaching/streams/{turn['message_id']}/cancel", headers=bob.headers)
+    r = await client.post(
+        f"/api/v1/coaching/streams/{turn['message_id']}/cancel", headers=bob.headers
+    )
     assert r.status_code == 404
     r = await client.post(
         STREAM, json={"question": "x", "report_id": str(uuid.uuid4())}, headers=bob.headers
@@ -215,7 +246,9 @@ async def test_other_users_conversation_and_message_ids_are_refused(
 async def test_finished_message_replays_and_resumes_after_an_event_id(
     client: httpx.AsyncClient, alice: User
 ) -> None:
-    async with client.stream("POST", STREAM, json={"question": "재생 테스트"}, headers=alice.headers) as r:
+    async with client.stream(
+        "POST", STREAM, json={"question": "재생 테스트"}, headers=alice.headers
+    ) as r:
         events = await read_sse(r)
     mid = events[0].data["message_id"]
     async with client.stream("GET", f"/api/v1/coaching/streams/{mid}", headers=alice.headers) as r:
@@ -227,11 +260,15 @@ async def test_finished_message_replays_and_resumes_after_an_event_id(
         tail = await read_sse(r)
     assert [e.id for e in tail] == [e.id for e in events if e.id > 3]
     assert text_of(events[:3]) + text_of(tail) == text_of(events)
-    r = await client.get(f"/api/v1/coaching/streams/{mid}", headers={**alice.headers, "Last-Event-ID": "x"})
+    r = await client.get(
+        f"/api/v1/coaching/streams/{mid}", headers={**alice.headers, "Last-Event-ID": "x"}
+    )
     assert r.status_code == 400
 
 
-async def test_legacy_chat_shim_answers_with_history(client: httpx.AsyncClient, alice: User) -> None:
+async def test_legacy_chat_shim_answers_with_history(
+    client: httpx.AsyncClient, alice: User
+) -> None:
     r = await client.post(
         "/chat",
         json={

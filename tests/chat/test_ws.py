@@ -46,7 +46,9 @@ async def test_ws_subprotocol_auth_and_a_streamed_turn(server: RunningServer, al
     assert "".join(f["text"] for f in frames if f["type"] == "delta").startswith("[오프라인 코치]")
 
 
-async def test_ws_first_frame_auth_then_many_turns_and_ping(server: RunningServer, alice: User) -> None:
+async def test_ws_first_frame_auth_then_many_turns_and_ping(
+    server: RunningServer, alice: User
+) -> None:
     async with connect(ws_url(server)) as ws:
         await ws.send(json.dumps({"type": "auth", "token": alice.token}))
         assert (await recv(ws))["type"] == "ready"
@@ -55,7 +57,9 @@ async def test_ws_first_frame_auth_then_many_turns_and_ping(server: RunningServe
         await ws.send(json.dumps({"type": "question", "question": "첫 번째"}))
         first = await until_terminal(ws)
         conv = first[0]["conversation_id"]
-        await ws.send(json.dumps({"type": "question", "question": "두 번째", "conversation_id": conv}))
+        await ws.send(
+            json.dumps({"type": "question", "question": "두 번째", "conversation_id": conv})
+        )
         second = await until_terminal(ws)
     assert second[0]["conversation_id"] == conv
     assert second[-1]["type"] == "done"
@@ -79,11 +83,17 @@ async def test_ws_bad_token_closes_with_4401(server: RunningServer, how: str) ->
 
 async def test_ws_disallowed_origin_is_refused(server: RunningServer, alice: User) -> None:
     with pytest.raises(InvalidStatus):
-        async with connect(ws_url(server), origin="https://evil.example",  # type: ignore[arg-type]
-                           subprotocols=["bearer", alice.token]):  # type: ignore[list-item]
+        async with connect(
+            ws_url(server),
+            origin="https://evil.example",  # type: ignore[arg-type]
+            subprotocols=["bearer", alice.token],
+        ):  # type: ignore[list-item]
             pass
-    async with connect(ws_url(server), origin=ALLOWED_ORIGIN,  # type: ignore[arg-type]
-                       subprotocols=["bearer", alice.token]) as ws:  # type: ignore[list-item]
+    async with connect(
+        ws_url(server),
+        origin=ALLOWED_ORIGIN,  # type: ignore[arg-type]
+        subprotocols=["bearer", alice.token],
+    ) as ws:  # type: ignore[list-item]
         assert (await recv(ws))["type"] == "ready"
 
 
@@ -102,8 +112,14 @@ async def test_ws_bad_frames_get_error_frames_and_the_socket_stays(
             (json.dumps({"type": "question", "question": "가" * 3000}), "validation_error"),
             (json.dumps({"type": "cancel", "message_id": "zz"}), "bad_frame"),
             (json.dumps({"type": "cancel", "message_id": str(other)}), "not_found"),
-            (json.dumps({"type": "question", "question": "x", "conversation_id": str(other)}), "not_found"),
-            (json.dumps({"type": "resume", "message_id": str(other), "last_event_id": -1}), "bad_frame"),
+            (
+                json.dumps({"type": "question", "question": "x", "conversation_id": str(other)}),
+                "not_found",
+            ),
+            (
+                json.dumps({"type": "resume", "message_id": str(other), "last_event_id": -1}),
+                "bad_frame",
+            ),
         ]
         for raw, code in cases:
             await ws.send(raw)
@@ -136,7 +152,9 @@ async def test_sse_and_ws_store_the_same_result(
     )
     await conn.close()
     assert len(rows) == 2
-    assert {(r["content"], r["status"], r["provider"]) for r in rows} == {(ws_text, "complete", "offline")}
+    assert {(r["content"], r["status"], r["provider"]) for r in rows} == {
+        (ws_text, "complete", "offline")
+    }
 
 
 async def test_ws_cancel_stops_generation_and_keeps_partial(

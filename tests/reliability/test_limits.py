@@ -43,8 +43,9 @@ async def test_turn_rate_limit_answers_429_with_retry_after(lclient: httpx.Async
     user = await make_user(lclient)
     statuses = []
     for i in range(12):
-        r = await lclient.post("/api/v1/coaching/query", json={"question": f"질문 {i}"},
-                               headers=user.headers)
+        r = await lclient.post(
+            "/api/v1/coaching/query", json={"question": f"질문 {i}"}, headers=user.headers
+        )
         statuses.append(r.status_code)
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1
@@ -55,7 +56,9 @@ async def test_turn_rate_limit_answers_429_with_retry_after(lclient: httpx.Async
     assert statuses[-1] == 429
     # Another user is not affected.
     other = await make_user(lclient)
-    r = await lclient.post("/api/v1/coaching/query", json={"question": "다른 사람"}, headers=other.headers)
+    r = await lclient.post(
+        "/api/v1/coaching/query", json={"question": "다른 사람"}, headers=other.headers
+    )
     assert r.status_code == 200
 
 
@@ -64,11 +67,16 @@ async def test_concurrent_stream_cap_per_user_is_released_on_every_exit(
 ) -> None:
     user = await make_user(lclient)
     long_q = "길게 [[emulator:chunks=150,chunk_interval_ms=30]]"
+
     async def open_stream(q: str) -> tuple[httpx.Response, list, asyncio.Task]:  # type: ignore[type-arg]
         req = lclient.build_request("POST", STREAM, json={"question": q}, headers=user.headers)
         resp = await lclient.send(req, stream=True)
         events: list = []
-        task = asyncio.create_task(read_sse(resp, on_event=events)) if resp.status_code == 200 else None
+        task = (
+            asyncio.create_task(read_sse(resp, on_event=events))
+            if resp.status_code == 200
+            else None
+        )
         return resp, events, task  # type: ignore[return-value]
 
     a, a_events, a_task = await open_stream(long_q)
@@ -85,15 +93,20 @@ async def test_concurrent_stream_cap_per_user_is_released_on_every_exit(
     assert r.status_code in (200, 202)
     await asyncio.wait_for(a_task, 10)
     await a.aclose()
-    d = await lclient.post("/api/v1/coaching/query", json={"question": "이제 되나요"},
-                           headers=user.headers)
+    d = await lclient.post(
+        "/api/v1/coaching/query", json={"question": "이제 되나요"}, headers=user.headers
+    )
     assert d.status_code == 200
     # A provider failure frees its slot too.
-    e = await lclient.post("/api/v1/coaching/query",
-                           json={"question": "실패 [[emulator:fault=before_first,fault_status=400]]"},
-                           headers=user.headers)
+    e = await lclient.post(
+        "/api/v1/coaching/query",
+        json={"question": "실패 [[emulator:fault=before_first,fault_status=400]]"},
+        headers=user.headers,
+    )
     assert e.status_code == 502
-    f = await lclient.post("/api/v1/coaching/query", json={"question": "또 되나요"}, headers=user.headers)
+    f = await lclient.post(
+        "/api/v1/coaching/query", json={"question": "또 되나요"}, headers=user.headers
+    )
     assert f.status_code == 200
     await asyncio.wait_for(b_task, 30)
     await b.aclose()
@@ -122,7 +135,9 @@ async def test_ws_turn_limit_sends_an_error_frame_and_keeps_the_socket(
 
 async def test_failed_auth_attempts_are_limited_per_address(lclient: httpx.AsyncClient) -> None:
     statuses = [
-        (await lclient.get("/api/v1/conversations", headers={"Authorization": "Bearer x.y.z"})).status_code
+        (
+            await lclient.get("/api/v1/conversations", headers={"Authorization": "Bearer x.y.z"})
+        ).status_code
         for _ in range(14)
     ]
     assert statuses[0] == 401

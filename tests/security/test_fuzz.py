@@ -19,12 +19,16 @@ from tests.conftest import API_KEY, ServerProcess
 JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 JSON_VALUES = st.recursive(
     JSON_SCALARS,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 ID_TEXT = st.one_of(
     st.uuids().map(str),
-    st.text(min_size=1, max_size=60).filter(lambda s: "/" not in s and "?" not in s and "#" not in s),
+    st.text(min_size=1, max_size=60).filter(
+        lambda s: "/" not in s and "?" not in s and "#" not in s
+    ),
     st.sampled_from(["..", "%00", "가나다", "-1", "0" * 500, "null", "{}"]),
 )
 FUZZ = settings(
@@ -38,8 +42,12 @@ FUZZ = settings(
 async def fuzz_server(settings) -> AsyncIterator[ServerProcess]:  # type: ignore[no-untyped-def]
     # A separate process: the fuzz tests use a blocking client.
     proc = await ServerProcess(
-        settings.with_overrides(rate_turns_per_min=0.0, rate_user_per_min=0.0,
-                                rate_auth_failures_per_min=0.0, max_streams_per_user=0)
+        settings.with_overrides(
+            rate_turns_per_min=0.0,
+            rate_user_per_min=0.0,
+            rate_auth_failures_per_min=0.0,
+            max_streams_per_user=0,
+        )
     ).start()
     try:
         yield proc
@@ -55,9 +63,11 @@ def http(fuzz_server: ServerProcess) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def token(http: httpx.Client) -> str:
-    r = http.post("/api/v1/auth/token", json={"user_id": f"fuzz-{uuid.uuid4().hex[:8]}",
-                                              "leadership_type": "HLH"},
-                  headers={"X-API-Key": API_KEY})
+    r = http.post(
+        "/api/v1/auth/token",
+        json={"user_id": f"fuzz-{uuid.uuid4().hex[:8]}", "leadership_type": "HLH"},
+        headers={"X-API-Key": API_KEY},
+    )
     assert r.status_code == 201
     return str(r.json()["access_token"])
 
@@ -77,10 +87,16 @@ def check(response: httpx.Response) -> None:
     if response.headers.get("content-type", "").startswith("text/event-stream"):
         assert response.status_code == 200
         return
-    assert response.status_code < 500, (response.request.method, response.request.url, response.text[:300])
+    assert response.status_code < 500, (
+        response.request.method,
+        response.request.url,
+        response.text[:300],
+    )
     body = response.text
     assert "Traceback" not in body and 'File "' not in body
-    if response.status_code >= 400 and response.headers.get("content-type", "").startswith("application/json"):
+    if response.status_code >= 400 and response.headers.get("content-type", "").startswith(
+        "application/json"
+    ):
         error = response.json()["error"]
         assert isinstance(error["code"], str) and isinstance(error["message"], str)
 
@@ -118,8 +134,14 @@ def test_arbitrary_json_bodies_never_cause_a_server_error(
     method, path, op = data.draw(st.sampled_from(operations))
     body = data.draw(JSON_VALUES)
     ident = data.draw(ID_TEXT)
-    r = call(http, method, fill(path, ident), token, content=json.dumps(body).encode(),
-             headers={"Content-Type": "application/json"})
+    r = call(
+        http,
+        method,
+        fill(path, ident),
+        token,
+        content=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     check(r)
 
 
@@ -136,8 +158,14 @@ def test_schema_shaped_bodies_with_wrong_values_never_cause_a_server_error(
     body = data.draw(st.fixed_dictionaries({}, optional={k: JSON_VALUES for k in keys}))
     if "question" in keys and data.draw(st.booleans()):
         body["question"] = data.draw(st.text(min_size=1, max_size=50))
-    r = call(http, method, fill(path, str(uuid.uuid4())), token, content=json.dumps(body).encode(),
-             headers={"Content-Type": "application/json"})
+    r = call(
+        http,
+        method,
+        fill(path, str(uuid.uuid4())),
+        token,
+        content=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     check(r)
 
 
@@ -147,8 +175,14 @@ def test_raw_bytes_and_invalid_utf8_never_cause_a_server_error(
     http: httpx.Client, token: str, operations: list, raw: bytes, data: st.DataObject
 ) -> None:
     method, path, _ = data.draw(st.sampled_from([o for o in operations if o[0] == "post"]))
-    r = call(http, method, fill(path, str(uuid.uuid4())), token, content=raw,
-             headers={"Content-Type": "application/json"})
+    r = call(
+        http,
+        method,
+        fill(path, str(uuid.uuid4())),
+        token,
+        content=raw,
+        headers={"Content-Type": "application/json"},
+    )
     check(r)
 
 
@@ -159,8 +193,13 @@ def test_query_parameters_never_cause_a_server_error(
 ) -> None:
     for path in ("/api/v1/conversations", fill("/api/v1/conversations/{id}", ident)):
         check(call(http, "get", path, token, params={"limit": limit, "cursor": cursor}))
-    r = call(http, "get", f"/api/v1/coaching/streams/{uuid.uuid4()}", token,
-             headers={"Last-Event-ID": "".join(c for c in limit if 32 < ord(c) < 127) or "x"})
+    r = call(
+        http,
+        "get",
+        f"/api/v1/coaching/streams/{uuid.uuid4()}",
+        token,
+        headers={"Last-Event-ID": "".join(c for c in limit if 32 < ord(c) < 127) or "x"},
+    )
     check(r)
 
 
@@ -194,8 +233,10 @@ def test_very_long_and_deeply_nested_json(http: httpx.Client, token: str) -> Non
 
 def test_header_injection_through_request_id_is_neutralised(fuzz_server: ServerProcess) -> None:
     with socket.create_connection(("127.0.0.1", fuzz_server.port), timeout=5) as s:
-        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Request-ID: a\x0bSet-Cookie: evil=1\r\n"
-                  b"Connection: close\r\n\r\n")
+        s.sendall(
+            b"GET /health HTTP/1.1\r\nHost: x\r\nX-Request-ID: a\x0bSet-Cookie: evil=1\r\n"
+            b"Connection: close\r\n\r\n"
+        )
         reply = b""
         while chunk := s.recv(4096):
             reply += chunk
@@ -205,8 +246,11 @@ def test_header_injection_through_request_id_is_neutralised(fuzz_server: ServerP
 
 
 def test_log_injection_through_user_ids_is_refused(http: httpx.Client) -> None:
-    r = http.post("/api/v1/auth/token", json={"user_id": "u1\n{\"level\":\"error\"}"},
-                  headers={"X-API-Key": API_KEY})
+    r = http.post(
+        "/api/v1/auth/token",
+        json={"user_id": 'u1\n{"level":"error"}'},
+        headers={"X-API-Key": API_KEY},
+    )
     assert r.status_code == 422
 
 
@@ -230,12 +274,18 @@ FRAME_TYPES = st.sampled_from(["question", "cancel", "resume", "ping", "auth", "
         JSON_VALUES.map(json.dumps),
         st.fixed_dictionaries(
             {"type": FRAME_TYPES},
-            optional={"question": JSON_VALUES, "message_id": ID_TEXT | JSON_VALUES,
-                      "last_event_id": JSON_VALUES, "conversation_id": ID_TEXT},
+            optional={
+                "question": JSON_VALUES,
+                "message_id": ID_TEXT | JSON_VALUES,
+                "last_event_id": JSON_VALUES,
+                "conversation_id": ID_TEXT,
+            },
         ).map(json.dumps),
     )
 )
-def test_websocket_frame_fuzzing_gets_answers_and_keeps_the_socket(ws_conn: Any, frame: str) -> None:
+def test_websocket_frame_fuzzing_gets_answers_and_keeps_the_socket(
+    ws_conn: Any, frame: str
+) -> None:
     ws_conn.send(frame)
     # Every frame gets at least one reply; a question may also start a stream, whose
     # frames are drained until the reply to our marker ping arrives.

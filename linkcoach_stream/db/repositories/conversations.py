@@ -213,14 +213,6 @@ async def insert_assistant_message(
     )
 
 
-async def update_partial(conn: asyncpg.Connection, *, message_id: uuid.UUID, content: str) -> None:
-    await conn.execute(
-        "UPDATE messages SET content = $2, updated_at = now() WHERE id = $1 AND status = 'streaming'",
-        message_id,
-        content,
-    )
-
-
 async def finish_message(
     conn: asyncpg.Connection,
     *,
