@@ -143,7 +143,7 @@ async def query_stream(request: Request) -> Response:
             iterator = await upstream.client().aio.models.generate_content_stream(
                 model=upstream.model, contents=question
             )
-            async with contextlib.aclosing(iterator) as chunks:
+            async with contextlib.aclosing(iterator) as chunks:  # type: ignore[type-var]
                 async for chunk in chunks:
                     meta = chunk.usage_metadata
                     if meta is not None:

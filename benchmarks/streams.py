@@ -68,6 +68,8 @@ from stream_resume import resume_check
 
 RESULTS_DIR = h.BENCH / "results"
 RESULTS_MD = h.BENCH / "RESULTS.md"
+# Hand-written findings (hot spots, caveats) appended to RESULTS.md under the tables.
+NOTES_FILE = RESULTS_DIR / "streams-notes.md"
 EMULATOR_ARGS = [
     "--ttft-ms",
     "300-800",
@@ -151,6 +153,7 @@ class Bench:
             SHUTDOWN_GRACE="2",
             APP_ENV="development",
         )
+        env.update(self.args.server_env_map)
         if database_url:
             env["DATABASE_URL"] = database_url
         if redis_url:
@@ -333,6 +336,10 @@ def mint(url: str, user: str) -> str:
     return str(r.json()["access_token"])
 
 
+def _loadtest_group(proc: subprocess.Popen[bytes]) -> tuple[Any, Any]:
+    return (lambda: proc.pid, lambda: [p for p in (h.proc_of(proc.pid),) if p])
+
+
 def questions() -> list[str]:
     from linkcoach_stream.loadtest import DEFAULT_QUESTIONS
 
@@ -387,7 +394,7 @@ def measured_run(b: Bench, kind: str, level: int, repeat: int) -> dict[str, Any]
             {
                 "server": (lambda: svc.pid, svc.tree),
                 "emulator": (lambda: emulator.pid, emulator.tree),
-                "loadtest": (lambda: proc.pid, lambda: [p for p in (h.proc_of(proc.pid),) if p]),
+                "loadtest": _loadtest_group(proc),
             }
         )
         sampler.start()
@@ -555,10 +562,7 @@ def scale_out(b: Bench, level: int) -> dict[str, Any]:
                             "server_b": (lambda: bsvc.pid, bsvc.tree),
                             "backing": (lambda: None, backing.pids),
                             "emulator": (lambda: emulator.pid, emulator.tree),
-                            "loadtest": (
-                                lambda: proc.pid,
-                                lambda: [p for p in (h.proc_of(proc.pid),) if p],
-                            ),
+                            "loadtest": _loadtest_group(proc),
                         }
                     )
                     sampler.start()
@@ -729,7 +733,7 @@ def summarise(
         per_kind: dict[str, dict[str, Any]] = {}
         for kind in ("full", "baseline"):
             rs = [r for r in runs if r["level"] == level and r["kind"] == kind]
-            figures = {key: _median([fn(r) for r in rs]) for key, _, fn in FIGURES}
+            figures: dict[str, Any] = {k: _median([fn(r) for r in rs]) for k, _, fn in FIGURES}
             reasons: Counter[str] = Counter()
             for r in rs:
                 reasons.update(r["load"]["failed_by_reason"])
@@ -1049,30 +1053,42 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         "arrive within 15 ms into one `delta`.",
         "",
     ]
-    order = [
-        ("streams", "Retrieval on (default)"),
-        ("streams-no-retrieval", "Retrieval off"),
-        ("streams-quick", "Quick run (debug)"),
-    ]
-    for key, title in order:
-        if key in results:
-            lines += variant_section(results[key], title)
-    notes = any_result.get("notes") or []
+    for result in results.values():
+        lines += variant_section(result, variant_title(result))
+    notes = NOTES_FILE.read_text(encoding="utf-8").strip() if NOTES_FILE.exists() else ""
     if notes:
-        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+        lines += ["## Findings and notes", "", notes, ""]
     return "\n".join(lines) + "\n"
 
 
+def variant_name(args: argparse.Namespace) -> str:
+    if args.variant:
+        return f"streams-{args.variant}"
+    parts = (["quick"] if args.quick else []) + ([] if args.retrieval else ["no-retrieval"])
+    parts += [k.lower().replace("_", "-") + "-" + v for k, v in args.server_env_map.items()]
+    return "-".join(["streams", *parts])
+
+
+def variant_title(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    title = "Retrieval on (default configuration)" if cfg["retrieval"] else "Retrieval off"
+    if cfg.get("server_env"):
+        title += ", server env " + " ".join(f"`{k}={v}`" for k, v in cfg["server_env"].items())
+    if cfg.get("quick"):
+        title += " — quick run (debug)"
+    return title
+
+
 def write_report() -> str:
-    results = {}
-    for name in ("streams", "streams-no-retrieval", "streams-quick"):
-        path = RESULTS_DIR / f"{name}.json"
-        if path.exists():
-            results[name] = json.loads(path.read_text(encoding="utf-8"))
+    """RESULTS.md from every results/streams*.json (quick runs only when nothing else)."""
+    results: dict[str, dict[str, Any]] = {}
+    paths = sorted(RESULTS_DIR.glob("streams*.json"), key=lambda p: (p.stem != "streams", p.stem))
+    for path in paths:
+        results[path.stem] = json.loads(path.read_text(encoding="utf-8"))
     if not results:
         return ""
-    if "streams" in results or "streams-no-retrieval" in results:
-        results.pop("streams-quick", None)
+    full_runs = {k: v for k, v in results.items() if not v["config"].get("quick")}
+    results = full_runs or results
     text = render(results)
     RESULTS_MD.write_text(text, encoding="utf-8")
     return text
@@ -1111,6 +1127,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume-trials", type=int, default=24)
     parser.add_argument("--profile", action="store_true", help="py-spy the full server at 1000")
     parser.add_argument("--profile-only", action="store_true")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the full server (e.g. OMP_NUM_THREADS=1); repeatable",
+    )
+    parser.add_argument("--variant", help="name of this configuration: results/streams-NAME.json")
     parser.add_argument("--keep", action="store_true", help="keep data dirs under the run dir")
     parser.add_argument("--report-only", action="store_true", help="re-render RESULTS.md")
     args = parser.parse_args(argv)
@@ -1119,6 +1143,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.levels, args.repeats = "100,500", 1
+    args.server_env_map = dict(item.split("=", 1) for item in args.server_env)
+    variant = variant_name(args)
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     soft, hard = h.raise_nofile()
     b = Bench(args)
@@ -1146,7 +1172,10 @@ def main(argv: list[str] | None = None) -> int:
             "storage": storage,
             "emulator": EMULATOR_ARGS,
             "nofile": [soft, hard],
+            "server_env": args.server_env_map,
+            "quick": args.quick,
         },
+        "variant": variant,
         "runs": [],
         "holds": [],
     }
@@ -1166,8 +1195,6 @@ def main(argv: list[str] | None = None) -> int:
                         order.reverse()
                     for kind in order:
                         result["runs"].append(measured_run(b, kind, level, repeat))
-            result["summary"] = summarise(result["runs"], result["holds"], levels)
-            result["targets"] = target_checks(result["summary"])
             if not args.skip_scale:
                 scale_level = args.scale_level or (1000 if 1000 in levels else max(levels))
                 h.log(f"scale-out at {scale_level}")
@@ -1180,10 +1207,12 @@ def main(argv: list[str] | None = None) -> int:
             b.emulator.stop()
         result["took_min"] = round((time.monotonic() - started) / 60, 1)
         result["run_dir"] = str(b.run_dir)
+        if result["runs"]:
+            done_levels = [lvl for lvl in levels if any(r["level"] == lvl for r in result["runs"])]
+            result["summary"] = summarise(result["runs"], result["holds"], done_levels)
+            result["targets"] = target_checks(result["summary"])
         if args.profile_only:
-            existing = RESULTS_DIR / (
-                "streams.json" if args.retrieval else "streams-no-retrieval.json"
-            )
+            existing = RESULTS_DIR / f"{variant}.json"
             if existing.exists() and "profile" in result:
                 merged = json.loads(existing.read_text(encoding="utf-8"))
                 merged["profile"] = result["profile"]
@@ -1191,13 +1220,8 @@ def main(argv: list[str] | None = None) -> int:
                     json.dumps(merged, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
                 )
         elif "summary" in result:
-            name = (
-                "streams-quick"
-                if args.quick
-                else ("streams" if args.retrieval else "streams-no-retrieval")
-            )
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            (RESULTS_DIR / f"{name}.json").write_text(
+            (RESULTS_DIR / f"{variant}.json").write_text(
                 json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
             )
     text = write_report()

@@ -63,6 +63,7 @@ class Settings:
     llm_provider: str | None = None
     llm_temperature: float = 0.7
     llm_max_output_tokens: int = 1024
+    report_max_output_tokens: int = 8192
     llm_first_chunk_timeout_s: float = 20.0
     llm_idle_timeout_s: float = 30.0
     llm_total_timeout_s: float = 180.0
@@ -178,6 +179,9 @@ class Settings:
             llm_provider=get("LLM_PROVIDER"),
             llm_temperature=num("LLM_TEMPERATURE", d.llm_temperature),
             llm_max_output_tokens=int(num("LLM_MAX_OUTPUT_TOKENS", d.llm_max_output_tokens)),
+            report_max_output_tokens=int(
+                num("REPORT_MAX_OUTPUT_TOKENS", d.report_max_output_tokens)
+            ),
             llm_first_chunk_timeout_s=num("LLM_FIRST_CHUNK_TIMEOUT", d.llm_first_chunk_timeout_s),
             llm_idle_timeout_s=num("LLM_IDLE_TIMEOUT", d.llm_idle_timeout_s),
             llm_total_timeout_s=num("LLM_TOTAL_TIMEOUT", d.llm_total_timeout_s),

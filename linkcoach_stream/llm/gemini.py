@@ -106,11 +106,13 @@ class GeminiProvider:
         )
         return contents
 
-    def _config(self, system: str, **extra: Any) -> types.GenerateContentConfig:
+    def _config(
+        self, system: str, *, max_tokens: int | None = None, **extra: Any
+    ) -> types.GenerateContentConfig:
         return types.GenerateContentConfig(
             system_instruction=system,
             temperature=self.settings.llm_temperature,
-            max_output_tokens=self.settings.llm_max_output_tokens,
+            max_output_tokens=max_tokens or self.settings.llm_max_output_tokens,
             **extra,
         )
 
@@ -173,7 +175,12 @@ class GeminiProvider:
         self, *, system: str, prompt: str, schema: dict[str, Any]
     ) -> tuple[str, Usage]:
         config = self._config(
-            system, response_mime_type="application/json", response_json_schema=schema
+            system,
+            # A whole Korean report (and any thinking tokens) needs far more room than a
+            # chat answer.
+            max_tokens=self.settings.report_max_output_tokens,
+            response_mime_type="application/json",
+            response_json_schema=schema,
         )
         attempt = 0
         while True:

@@ -1037,7 +1037,8 @@ class ReportService:
                 self._redis_failed("lock", exc)
                 # No cross-process lock: this process still generates once, and the
                 # Postgres upsert makes concurrent writers converge on one row.
-                return await self._generate(inputs), True
+                found = await self._lookup(inputs, count=False)
+                return (found, False) if found is not None else await self._generate(inputs)
             if acquired:
                 try:
                     # Another process may have finished between our miss and the lock.
@@ -1045,7 +1046,7 @@ class ReportService:
                     if found is not None:
                         return found, False
                     async with self._heartbeat(lock_key, token):
-                        return await self._generate(inputs), True
+                        return await self._generate(inputs)
                 finally:
                     await self._release(lock_key, token)
             raw = await self._hot_get(inputs, count=False)
@@ -1098,13 +1099,15 @@ class ReportService:
         all_scores = {c: round(p, 4) for c, p in prediction.all_scores.items()}
         return prediction.code, round(prediction.confidence, 4), all_scores
 
-    async def _generate(self, inputs: ReportInputs) -> ReportResult:
+    async def _generate(self, inputs: ReportInputs) -> tuple[ReportResult, bool]:
+        """(result, whether this call's report is the stored one); without the Redis lock
+        another writer's fresh row may win, and then this one is discarded."""
         code, confidence, all_scores = await self._classify(inputs)
         leader = BY_CODE[code]
         composed = await self._compose(leader, inputs.scores)
         try:
             async with self.pool.acquire() as conn:
-                row = await repo.store_report(
+                row, written = await repo.store_report(
                     conn,
                     report_id=uuid.uuid4(),
                     user_id=inputs.user_id,
@@ -1126,12 +1129,14 @@ class ReportService:
             raise ServiceUnavailable("report storage is unavailable") from exc
         data = report_body(row)
         await self._hot_set(inputs, data)
+        if not written:
+            return ReportResult(cached=True, data=data), False
         log.info(
             "report generated",
             extra={"report_id": data["report_id"], "code": leader.code,
                    "provider": composed.provider},
         )
-        return ReportResult(cached=False, data=data)
+        return ReportResult(cached=False, data=data), True
 
     async def _compose(
         self, leader: LeadershipType, scores: dict[str, float] | None

@@ -449,17 +449,46 @@ async def test_disallowed_parent_origin_can_neither_frame_nor_initialise_the_wid
 
 
 async def test_demo_page_mints_a_token_and_embeds_the_widget(
-    server: RunningServer, page: Any
+    server: RunningServer, settings: Any, work_dir: Any, page: Any
 ) -> None:
+    docs = bool(os.environ.get("LINKCOACH_DOCS_SCREENSHOT"))
+    running = server
+    if docs:
+        # docs/widget.png: the same flow with retrieval on, so the answer cites the KB.
+        # The index is built first: embedding the whole KB takes longer than a server
+        # start is given.
+        from linkcoach_stream.rag.retriever import open_retriever
+
+        docs_settings = settings.with_overrides(
+            retrieval_enabled=True, data_dir=work_dir / "docs-data"
+        )
+        retriever = await open_retriever(docs_settings)
+        await retriever.close()
+        running = await start_server(docs_settings)
+    try:
+        await demo_flow(running, page, docs=docs)
+    finally:
+        if running is not server:
+            await stop_server(running)
+
+
+async def demo_flow(server: RunningServer, page: Any, *, docs: bool) -> None:
     await page.set_viewport_size({"width": 1280, "height": 1000})
     minted: list[str] = []
     page.on("request", lambda r: minted.append(r.method) if r.url.endswith("/demo/token") else None)
     await page.goto(f"{server.url}/demo")
     frame = page.frame_locator("#linkcoach-widget")
     await frame.locator("#lc-app[data-state=ready]").wait_for()
-    assert minted == ["POST"]
     assert "참여코칭형" in await frame.locator(".lc-type-name").text_content()
     assert "리포트를 불러왔습니다" in await page.text_content("#demo-status")
+
+    # A new demo user with assessment scores: the type follows the scores (HLH).
+    for name, value in (("공유", "4.8"), ("상호작용", "3.9"), ("성장", "5.1")):
+        await page.get_by_label(name, exact=True).fill(value)
+    await page.get_by_role("button", name="새 데모 사용자로 위젯 열기").click()
+    await frame.locator(".lc-type-name:has-text('HLH')").wait_for()
+    assert minted == ["POST", "POST"]
+    assert await frame.locator(".lc-dim-score").first.text_content() == "4.8 / 6 · 높음"
 
     box = frame.get_by_label("질문", exact=True)
     await box.fill("회의에서 아무도 말을 하지 않아요. 어떻게 시작하면 좋을까요?")
@@ -468,7 +497,7 @@ async def test_demo_page_mints_a_token_and_embeds_the_widget(
     await done.wait_for()
     assert "회의에서 아무도 말을 하지 않아요" in await done.text_content()
     await page.screenshot(path=str(ARTIFACTS / "demo.png"))
-    if os.environ.get("LINKCOACH_DOCS_SCREENSHOT"):
+    if docs:
         (ROOT / "docs").mkdir(exist_ok=True)
         await page.screenshot(path=str(ROOT / "docs" / "widget.png"))
     page.problems.assert_clean()
@@ -497,9 +526,9 @@ async def test_widget_is_usable_with_the_keyboard_alone(
     final = await wait_finished(page)
     assert final["status"] == "complete"
     assert await focused() == "lc-question"
-    order = []
-    for _ in range(2):
-        await page.keyboard.press("Tab")
-        order.append(await focused())
-    assert order == ["lc-send", "lc-question"][:1] + order[1:]  # send comes right after
+    await page.keyboard.press("Tab")
+    assert await focused() == "lc-send"  # the stop button is disabled, so skipped
+    await page.keyboard.press("Shift+Tab")
+    await page.keyboard.press("Shift+Tab")
+    assert await page.evaluate("document.activeElement.value") == "sse"  # the transport
     page.problems.assert_clean()

@@ -84,8 +84,9 @@ async def store_report(
     prompt_version: str,
     kb_version: str,
     ttl: timedelta,
-) -> asyncpg.Record:
-    """Insert a report, or refresh an *expired* row with the same key in place.
+) -> tuple[asyncpg.Record, bool]:
+    """Insert a report, or refresh an *expired* row with the same key in place; returns the
+    row and whether it is the one written by this call.
 
     A fresh row with the same key is never overwritten: when two writers race (Redis
     down, so no cross-process lock), the first one wins and the second gets the winner's
@@ -111,9 +112,10 @@ async def store_report(
             kb_version,
             ttl,
         )
-        if row is None:
-            row = await find_fresh(conn, user_id=user_id, cache_key=cache_key)
         if row is not None:
-            return row
+            return row, True
+        row = await find_fresh(conn, user_id=user_id, cache_key=cache_key)
+        if row is not None:
+            return row, False
         # The fresh row expired between the two statements: the next upsert refreshes it.
     raise Conflict("report was replaced concurrently; retry")
