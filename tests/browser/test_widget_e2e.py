@@ -75,9 +75,7 @@ async def wait_until_chars(page: Any, n: int) -> None:
 
 
 async def wait_finished(page: Any, timeout: float = 20_000) -> dict[str, Any]:
-    await page.wait_for_selector(
-        f"{ASSISTANT}:not([data-status=streaming])", timeout=timeout
-    )
+    await page.wait_for_selector(f"{ASSISTANT}:not([data-status=streaming])", timeout=timeout)
     return await answer_state(page)
 
 
@@ -336,9 +334,7 @@ async def test_refused_websocket_falls_back_to_sse(
     # The test server's CORS_ORIGINS does not list its own origin: the handshake is refused.
     user = await make_user(client)
     streams: list[str] = []
-    page.on(
-        "request", lambda r: streams.append(r.url) if r.url.endswith("/query/stream") else None
-    )
+    page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/query/stream") else None)
     await open_widget(page, server.url, user, transport="ws")
     await ask(page, "동료와 갈등이 있어요")
     final = await wait_finished(page)
@@ -376,9 +372,7 @@ async def serve_parent(page: Any, origin: str, server_url: str, user: User) -> N
     body = PARENT_PAGE.format(
         widget=f"{server_url}/widget/",
         origin=json.dumps(server_url),
-        payload=json.dumps(
-            {"token": user.token, "userId": user.user_id, "leadershipType": "HHL"}
-        ),
+        payload=json.dumps({"token": user.token, "userId": user.user_id, "leadershipType": "HHL"}),
     )
 
     async def fulfil(route: Any) -> None:
@@ -399,9 +393,7 @@ async def test_allowed_parent_origin_initialises_the_widget(
     frame = page.frame_locator("#w")
     await frame.locator("#lc-app[data-state=ready]").wait_for()
     assert "참여친밀형" in await frame.locator(".lc-type-name").text_content()
-    await page.wait_for_function(
-        "window.received.some(m => m.type === 'WIDGET_REPORT_LOADED')"
-    )
+    await page.wait_for_function("window.received.some(m => m.type === 'WIDGET_REPORT_LOADED')")
     received = await page.evaluate("window.received")
     assert received[0] == {"origin": server.url, "type": "WIDGET_READY"}
 
@@ -449,18 +441,18 @@ async def test_disallowed_parent_origin_can_neither_frame_nor_initialise_the_wid
 
 
 async def test_demo_page_mints_a_token_and_embeds_the_widget(
-    server: RunningServer, settings: Any, work_dir: Any, page: Any
+    server: RunningServer, settings: Any, page: Any
 ) -> None:
     docs = bool(os.environ.get("LINKCOACH_DOCS_SCREENSHOT"))
     running = server
     if docs:
         # docs/widget.png: the same flow with retrieval on, so the answer cites the KB.
-        # The index is built first: embedding the whole KB takes longer than a server
-        # start is given.
+        # The index is built first (minutes, once: it is kept in test-artifacts/) because
+        # embedding the whole KB takes longer than a server start is given.
         from linkcoach_stream.rag.retriever import open_retriever
 
         docs_settings = settings.with_overrides(
-            retrieval_enabled=True, data_dir=work_dir / "docs-data"
+            retrieval_enabled=True, data_dir=ARTIFACTS / "docs-index"
         )
         retriever = await open_retriever(docs_settings)
         await retriever.close()
@@ -496,6 +488,7 @@ async def demo_flow(server: RunningServer, page: Any, *, docs: bool) -> None:
     done = frame.locator("#lc-log > .lc-msg-assistant[data-status=complete]")
     await done.wait_for()
     assert "회의에서 아무도 말을 하지 않아요" in await done.text_content()
+    await frame.locator("#lc-log").evaluate("log => { log.scrollTop = 0; }")
     await page.screenshot(path=str(ARTIFACTS / "demo.png"))
     if docs:
         (ROOT / "docs").mkdir(exist_ok=True)

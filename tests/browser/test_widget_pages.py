@@ -119,9 +119,7 @@ async def test_demo_page_and_token_work_in_development(client: httpx.AsyncClient
 
 
 async def test_demo_token_refuses_other_sites_and_form_posts(client: httpx.AsyncClient) -> None:
-    r = await client.post(
-        "/demo/token", json={}, headers={"Origin": "https://evil.example"}
-    )
+    r = await client.post("/demo/token", json={}, headers={"Origin": "https://evil.example"})
     assert r.status_code == 403
     r = await client.post("/demo/token", data={"leadership_type": "HHH"})
     assert r.status_code == 422

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+import httpx
 import numpy as np
 import pytest
 
-from linkcoach_stream.rag.embedders import E5Embedder
-from linkcoach_stream.rag.retriever import Passage, Retriever
+from linkcoach_stream.config import Settings
+from linkcoach_stream.emulator.gemini import EmulatorConfig, create_emulator_app
+from linkcoach_stream.rag.embedders import E5Embedder, GeminiEmbedder
+from linkcoach_stream.rag.retriever import Passage, Retriever, open_retriever
 
 
 async def test_korean_question_about_a_type_finds_that_types_profile(
@@ -116,3 +119,26 @@ async def test_e5_ranks_the_korean_passage_that_answers_the_question() -> None:
         assert int(np.argmax(passages @ query)) == 0
     finally:
         await embedder.aclose()
+
+
+async def test_gemini_embedder_batches_through_google_genai_against_the_emulator(
+    small_settings: Settings,
+) -> None:
+    app = create_emulator_app(EmulatorConfig(embedding_dim=48))
+    embedder = GeminiEmbedder(
+        api_key="test",
+        base_url="http://gemini.test",
+        transport=httpx.ASGITransport(app=app),
+    )
+    passages = await embedder.embed_passages([f"문단 {i}" for i in range(150)])
+    assert passages.shape == (150, 48)
+    assert np.allclose(np.linalg.norm(passages, axis=1), 1.0, atol=1e-4)
+    assert (await embedder.embed_query("문단 7")).shape == (48,)
+
+    r = await open_retriever(small_settings, embedder=embedder)
+    try:
+        assert r.collection_name == "small_kb-gemini-text-embedding-004"
+        assert r.size > 0
+        assert await r.search("SBI 피드백 모델", k=2)
+    finally:
+        await r.close()
