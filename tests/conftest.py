@@ -138,7 +138,7 @@ async def start_server(settings: Settings) -> RunningServer:
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
-    for _ in range(600):
+    for _ in range(3600):  # first start may ingest the knowledge base
         if server.started:
             break
         if task.done():

@@ -148,9 +148,15 @@ def _frame(ev: StreamEvent, message_id: str) -> dict[str, Any]:
 
 
 def _origin_allowed(ws: WebSocket) -> bool:
+    """No Origin (not a browser), an allowed parent origin, or this service's own origin
+    (the widget it serves)."""
     allowed = ws.state.settings.cors_origins
     origin = ws.headers.get("origin")
-    return not allowed or origin is None or origin in allowed
+    if not allowed or origin is None or origin in allowed:
+        return True
+    host = ws.headers.get("host")
+    scheme = "https" if ws.url.scheme == "wss" else "http"
+    return host is not None and origin == f"{scheme}://{host}"
 
 
 async def _authenticate(ws: WebSocket) -> Principal | None:

@@ -188,6 +188,7 @@ class Retriever:
         self._checked_at = 0.0
         self._ingest_lock = asyncio.Lock()
         self._reload_lock = asyncio.Lock()
+        self._background: asyncio.Task[IngestReport] | None = None
 
     @property
     def collection_name(self) -> str:
@@ -204,7 +205,24 @@ class Retriever:
     async def ping(self) -> None:
         await asyncio.to_thread(self._client.heartbeat)
 
+    @property
+    def ingesting(self) -> bool:
+        return self._background is not None and not self._background.done()
+
+    def start_background_ingest(self, kb_dir: Path | str) -> asyncio.Task[IngestReport]:
+        """Ingest without blocking; searches see each batch as soon as it is stored."""
+        if self._background is None or self._background.done():
+            self._background = asyncio.create_task(
+                self.ingest(kb_dir, progressive=True), name="kb-ingest"
+            )
+            self._background.add_done_callback(_log_failure)
+        return self._background
+
     async def close(self) -> None:
+        if self._background is not None and not self._background.done():
+            # Safe to cut: batches are upserted by content id, the next ingest resumes.
+            self._background.cancel()
+            await asyncio.gather(self._background, return_exceptions=True)
         await self.embedder.aclose()
         close = getattr(self._client, "close", None)
         if close is not None:
@@ -395,8 +413,12 @@ class Retriever:
 
     # -- ingestion ------------------------------------------------------------------
 
-    async def ingest(self, kb_dir: Path | str) -> IngestReport:
-        """Make the collection match `kb_dir`: embed new chunks, drop vanished ones."""
+    async def ingest(self, kb_dir: Path | str, *, progressive: bool = False) -> IngestReport:
+        """Make the collection match `kb_dir`: embed new chunks, drop vanished ones.
+
+        `progressive` reloads the mirror after every batch, so searches during a first
+        ingestion already see what is stored (used by background ingestion).
+        """
         async with self._ingest_lock:
             started = time.perf_counter()
             corpus = await asyncio.to_thread(load_corpus, Path(kb_dir))
@@ -406,6 +428,8 @@ class Retriever:
             to_remove = sorted(existing - wanted.keys())
             for i in range(0, len(to_add), INGEST_BATCH):
                 await self._add(to_add[i : i + INGEST_BATCH])
+                if progressive:
+                    await self.reload()
                 log.info(
                     "ingest progress",
                     extra={"embedded": min(i + INGEST_BATCH, len(to_add)), "total": len(to_add)},
@@ -454,6 +478,11 @@ class Retriever:
         self._collection.modify(metadata=meta)
 
 
+def _log_failure(task: asyncio.Task[IngestReport]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background ingestion failed", exc_info=task.exception())
+
+
 def _collection_name(settings: Settings, embedder: Embedder) -> str:
     if embedder.name == E5Embedder.name:
         return settings.chroma_collection
@@ -494,10 +523,16 @@ async def open_retriever(
     settings: Settings,
     *,
     auto_ingest: bool = True,
+    background_ingest: bool = False,
     embedder: Embedder | str | None = None,
     **options: Any,
 ) -> Retriever:
     """Connect to Chroma, load the index mirror and warm the embedder up.
+
+    With an empty collection and `auto_ingest`, the knowledge base is ingested first;
+    with e5 that embeds every chunk (minutes on a small CPU), so a server may prefer
+    `background_ingest=True`: it returns at once and searches return what is stored
+    so far (nothing, at the very start) until `retriever.ingesting` turns false.
 
     `embedder` defaults to `settings.extra["RAG_EMBEDDER"]`, else "e5" (offline). The
     default embedder uses `settings.chroma_collection` as is; any other gets its name
@@ -507,6 +542,7 @@ async def open_retriever(
         kind = embedder or settings.extra.get("RAG_EMBEDDER") or DEFAULT_EMBEDDER
         embedder = make_embedder(kind, settings=settings)
     client: Any = None
+    retriever: Retriever | None = None
     warm = asyncio.create_task(embedder.warm_up())
     try:
         client = await asyncio.to_thread(make_chroma_client, settings)
@@ -515,16 +551,23 @@ async def open_retriever(
         retriever = Retriever(client, collection, embedder, **options)
         await retriever.reload()
         if auto_ingest and retriever.size == 0:
-            await retriever.ingest(settings.knowledge_base_dir)
+            if background_ingest:
+                retriever.start_background_ingest(settings.knowledge_base_dir)
+            else:
+                await retriever.ingest(settings.knowledge_base_dir)
         await warm
-        # The first search pays for lazy set-up in Chroma and scikit-learn (~150 ms).
-        await retriever.search("리더십 코칭 워밍업", k=1)
+        if retriever.size:
+            # The first search pays for lazy set-up in Chroma and scikit-learn (~150 ms).
+            await retriever.search("리더십 코칭 워밍업", k=1)
     except BaseException:
         warm.cancel()
         await asyncio.gather(warm, return_exceptions=True)
-        await embedder.aclose()
-        if client is not None:
-            await asyncio.to_thread(client.close)
+        if retriever is not None:
+            await retriever.close()
+        else:
+            await embedder.aclose()
+            if client is not None:
+                await asyncio.to_thread(client.close)
         raise
     log.info(
         "retriever ready",

@@ -153,6 +153,11 @@ async def test_answer_streams_in_visibly_growing_text_with_typing_indicator(
 ) -> None:
     user = await make_user(gclient, leadership_type="HLH")
     await open_widget(page, gemini_server.url, user)
+    bodies: list[dict[str, Any]] = []
+    page.on(
+        "request",
+        lambda r: bodies.append(r.post_data_json) if r.url.endswith("/query/stream") else None,
+    )
     question = "회의에서 아무도 말을 안 해요 " + SLOW.format(chunks=50, ms=40)
     await ask(page, question)
 
@@ -173,6 +178,8 @@ async def test_answer_streams_in_visibly_growing_text_with_typing_indicator(
     stored = await stored_message(gemini_server.url, user, page, final["messageId"])
     assert stored["content"] == final["text"]
     assert stored["status"] == "complete"
+    assert len(bodies) == 1 and bodies[0]["question"] == question
+    assert bodies[0]["client_message_id"] and bodies[0]["conversation_id"]
     # The user's question is shown as sent, Korean intact.
     assert await page.locator(".lc-msg-user .lc-msg-text").last.text_content() == question
     assert await page.get_attribute("#lc-log", "role") == "log"
@@ -328,10 +335,11 @@ async def test_websocket_transport_streams_resumes_after_a_drop_and_cancels(
             await stop_server(running)
 
 
-async def test_refused_websocket_falls_back_to_sse(
+async def test_websocket_from_the_widgets_own_origin_is_accepted(
     server: RunningServer, client: httpx.AsyncClient, page: Any
 ) -> None:
-    # The test server's CORS_ORIGINS does not list its own origin: the handshake is refused.
+    # The test server's CORS_ORIGINS lists only the parent site; the widget's own origin
+    # (this service) is still accepted for the WebSocket.
     user = await make_user(client)
     streams: list[str] = []
     page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/query/stream") else None)
@@ -340,9 +348,8 @@ async def test_refused_websocket_falls_back_to_sse(
     final = await wait_finished(page)
     assert final["status"] == "complete"
     assert "동료와 갈등이 있어요" in final["text"]
-    assert len(streams) == 1
-    assert "SSE" in await page.text_content("#lc-notice")
-    assert await page.get_by_label("스트리밍(SSE)").is_checked()
+    assert streams == []
+    assert await page.get_by_label("웹소켓").is_checked()
 
 
 # -- who may initialise the widget -----------------------------------------------------

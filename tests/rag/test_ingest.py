@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import asyncio
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +120,56 @@ async def test_a_collection_built_by_another_embedder_is_refused(
             _open_collection(client, name, Other())
     finally:
         client.close()
+
+
+async def test_background_ingest_returns_at_once_and_fills_the_index(
+    small_settings: Settings, small_kb: Path
+) -> None:
+    r = await open_retriever(small_settings, background_ingest=True)
+    try:
+        task = r.start_background_ingest(small_kb)  # the running task, not a second one
+        report = await task
+        assert not r.ingesting
+        assert report.added == r.size == len(load_corpus(small_kb).chunks)
+        assert await r.search("SBI 피드백", k=1)
+    finally:
+        await r.close()
+
+
+@pytest.mark.slow
+async def test_client_server_mode_ingests_searches_and_reports_an_unreachable_server(
+    small_settings: Settings, tmp_path: Path
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    chroma = Path(sys.executable).with_name("chroma")
+    server = subprocess.Popen(
+        [str(chroma), "run", "--path", str(tmp_path / "srv"), "--host", "127.0.0.1"]
+        + ["--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    settings = small_settings.with_overrides(chroma_host="127.0.0.1", chroma_port=port)
+    try:
+        r = None
+        for _ in range(100):
+            try:
+                r = await open_retriever(settings)
+                break
+            except Exception:  # noqa: BLE001 - the server is still starting
+                await asyncio.sleep(0.1)
+        assert r is not None, "chroma server did not start"
+        try:
+            assert r.size == len(load_corpus(settings.knowledge_base_dir).chunks)
+            assert (await r.search("SBI 피드백 모델", k=1))[0].path.endswith("feedback-sbi.md")
+            await r.ping()
+            server.terminate()
+            server.wait(timeout=10)
+            with pytest.raises(Exception):  # noqa: B017 - whatever the client raises
+                await r.ping()
+        finally:
+            await r.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

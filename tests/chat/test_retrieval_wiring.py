@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import RunningServer, make_user, read_sse, start_server, stop_server, text_of
+
+
+@pytest.fixture(scope="module")
+async def rag_server(settings, tmp_path_factory) -> AsyncIterator[RunningServer]:  # type: ignore[no-untyped-def]
+    data_dir: Path = tmp_path_factory.mktemp("rag-data")
+    running = await start_server(
+        settings.with_overrides(retrieval_enabled=True, data_dir=data_dir)
+    )
+    try:
+        yield running
+    finally:
+        await stop_server(running)
+
+
+async def test_streamed_answer_lists_and_cites_retrieved_sources(rag_server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=rag_server.url, timeout=60) as client:
+        user = await make_user(client, leadership_type="HLH")
+        q = "팀원들이 제가 어렵대요. 말 걸기 무섭다는데 어떻게 하죠?"
+        async with client.stream(
+            "POST", "/api/v1/coaching/query/stream", json={"question": q}, headers=user.headers
+        ) as r:
+            events = await read_sse(r)
+        ready = await client.get("/ready")
+    meta = events[0].data
+    assert meta["sources"], "meta lists the retrieved sources"
+    for source in meta["sources"]:
+        assert set(source) == {"path", "title", "category"}
+        assert source["path"].endswith(".md")
+    text = text_of(events)
+    assert "[1]" in text
+    assert meta["sources"][0]["title"] in text
+    assert ready.json()["checks"]["chroma"] == "ok"
+
+
+async def test_the_leaders_type_steers_retrieval(rag_server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=rag_server.url, timeout=60) as client:
+        user = await make_user(client, leadership_type="LLL")
+        r = await client.post(
+            "/api/v1/coaching/query",
+            json={"question": "제 리더십 유형의 강점과 약점이 뭔가요?"},
+            headers=user.headers,
+        )
+    paths = [s["path"] for s in r.json()["sources"]]
+    assert any("transitional" in p for p in paths), paths
