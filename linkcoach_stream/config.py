@@ -215,6 +215,7 @@ class Settings:
             ),
             max_streams_per_user=int(num("MAX_STREAMS_PER_USER", d.max_streams_per_user)),
             retrieval_enabled=_bool(get("RETRIEVAL_ENABLED", "true") or "true"),
+            extra={k: v for k in ("RAG_EMBEDDER",) if (v := get(k))},
         ).validate()
 
 

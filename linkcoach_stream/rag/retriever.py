@@ -1,37 +1,40 @@
 """Hybrid retrieval over the knowledge base: Chroma (dense) + character n-gram TF-IDF.
 
-Decisions worth keeping (figures from `benchmarks/embedders.py` on
-`tests/data/retrieval_eval.jsonl`; rerun it before changing any of them):
+Decisions worth keeping (hit@3 figures from `python benchmarks/embedders.py` on the
+100 questions of `tests/data/retrieval_eval.jsonl`; rerun it before changing any):
 
-- Hybrid, not dense only. e5-small alone finds the expected document in the top 3 for
-  about 0.72 of the eval questions, TF-IDF over character n-grams alone about 0.85, the
-  two fused about 0.91: e5 catches paraphrase, n-grams catch the product's vocabulary
-  ("SBI", "1on1", "참여실무형") that a small multilingual model blurs.
-- Fusion is a weighted sum of per-query z-scores over the candidate set (dense weight
-  0.5). z-scores make the weight independent of an embedder's similarity range (e5
-  cosines sit in 0.80-0.93, TF-IDF in 0-0.3), so the same setting works for Gemini
-  vectors. Hit@3 is flat for dense weights 0.4-0.6, so the value is not a knife edge.
-- Candidates are Chroma's dense top `candidates` (with the category filter as a
-  `where` clause) plus the lexical top `candidates`. Every candidate is then scored
-  exactly on both sides from an in-process mirror of the collection (ids, texts,
-  metadata and vectors: about 1.5 kB per chunk). Filling a missing dense score with a
-  bound instead made the fusion depend on the candidate count.
+- Hybrid, not dense only. e5-small alone: 0.73; TF-IDF over character n-grams alone:
+  0.85; the two fused: 0.91. e5 catches paraphrase, n-grams catch the product's own
+  vocabulary ("SBI", "1on1", "참여실무형") that a small multilingual model blurs.
+- Fusion is a weighted sum of per-query z-scores over the candidate set, dense weight
+  0.5. z-scores keep the weight independent of an embedder's similarity range (e5
+  cosines sit in 0.80-0.93, TF-IDF in 0-0.3); whether 0.5 also suits Gemini vectors is
+  unmeasured (no key here). Hit@3 is 0.90-0.91 for every weight from 0.3 to 0.7, so
+  the value is not a knife edge tuned to the eval set.
+- Candidates are Chroma's dense top `candidates` (the category filter as a `where`
+  clause) plus the lexical top `candidates`. Every candidate is then scored exactly on
+  both sides from an in-process mirror of the collection (ids, texts, metadata,
+  vectors and the TF-IDF matrix: a few kB per chunk). Filling a missing dense score
+  with a bound instead made the fusion depend on the candidate count.
 - The leadership type is a boost, not a filter. Measured: no boost 0.91, boost 0.91,
-  filter 0.92 hit@3 - but a filter makes the nine documents tagged with no leadership
-  type (the followership profiles, the dimension overviews) unreachable for every
-  leader who has a type, and those are exactly what "my driver team member" questions
-  need. Followership types are a smaller boost, scaled by the share of requested types
-  a document covers. Categories are a hard filter: the caller asks for them explicitly.
+  filter 0.92 - but a filter makes the nine documents tagged with no leadership type
+  (the followership profiles, the dimension overviews) unreachable for every leader
+  who has a type, and "my driver team member" questions need exactly those.
+  Followership types are a smaller boost, scaled by the share of requested types a
+  document covers (unmeasured: the eval set has no such questions). Categories are a
+  hard filter: the caller asks for them explicitly.
 - At most `max_per_doc` (2) chunks per document, so one long guide cannot fill the
-  context window.
+  context. (1 per document scores 0.92 on hit@3, which rewards three distinct
+  documents, but gives the model less of the best one.)
 - Chroma is synchronous; every call runs in a worker thread (`asyncio.to_thread`), and
   the embedder runs on its own thread, so the event loop never blocks on either.
+  Queries longer than 2000 characters are cut.
 - Ingestion is content-addressed (chunk id = path + hash): new ids are embedded and
   upserted in batches before stale ids are deleted, so a changed document is never
   missing from the index, an interrupted ingest resumes where it stopped, and two
   processes ingesting at once only repeat work. `kb_version` is written to the
   collection metadata; other instances notice a change within `refresh_interval_s`
-  and reload their mirror.
+  and reload their mirror in the background.
 - An embedded `PersistentClient` is single-process (SQLite + HNSW files). Several
   workers or instances need Chroma in client/server mode (`CHROMA_HOST`).
 """
@@ -39,6 +42,7 @@ Decisions worth keeping (figures from `benchmarks/embedders.py` on
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -111,6 +115,46 @@ def _split_csv(value: object) -> tuple[str, ...]:
     return tuple(part for part in value.split(",") if part)
 
 
+class VectorCache:
+    """Passage vectors keyed by a hash of the passage text, shipped in `models/`.
+
+    Embedding the whole knowledge base with e5 on a small CPU takes minutes; with the
+    vectors of unchanged passages read from this file, a first start embeds only what
+    changed since `linkcoach ingest` last wrote it. A stale or missing file only costs
+    time: every passage not found is embedded as usual.
+    """
+
+    def __init__(self, path: Path, vectors: dict[str, NDArray[np.float32]] | None = None) -> None:
+        self.path = path
+        self._vectors = vectors or {}
+
+    @staticmethod
+    def key(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+    @classmethod
+    def load(cls, path: Path) -> VectorCache:
+        if not path.exists():
+            return cls(path)
+        with np.load(path, allow_pickle=False) as data:
+            keys = [str(k) for k in data["keys"]]
+            vectors = np.asarray(data["vectors"], dtype=np.float32)
+        return cls(path, dict(zip(keys, vectors, strict=True)))
+
+    def get(self, text: str) -> NDArray[np.float32] | None:
+        return self._vectors.get(self.key(text))
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def save(self, texts: Sequence[str], vectors: NDArray[np.float32]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = np.array([self.key(t) for t in texts])
+        tmp = self.path.with_name(self.path.stem + ".tmp.npz")
+        np.savez_compressed(tmp, keys=keys, vectors=np.asarray(vectors, dtype=np.float16))
+        tmp.replace(self.path)
+
+
 @dataclass(frozen=True)
 class _Mirror:
     """An immutable snapshot of the collection, swapped whole on reload."""
@@ -174,6 +218,7 @@ class Retriever:
         candidates: int = 40,
         max_per_doc: int = 2,
         refresh_interval_s: float = 30.0,
+        max_embed_queue: int = 8,
     ) -> None:
         self._client = client
         self._collection = collection
@@ -189,6 +234,11 @@ class Retriever:
         self._ingest_lock = asyncio.Lock()
         self._reload_lock = asyncio.Lock()
         self._background: asyncio.Task[IngestReport] | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        self.vector_cache: VectorCache | None = None
+        self.max_embed_queue = max_embed_queue
+        self._embeds_waiting = 0
+        self.shed_searches = 0
 
     @property
     def collection_name(self) -> str:
@@ -219,10 +269,11 @@ class Retriever:
         return self._background
 
     async def close(self) -> None:
-        if self._background is not None and not self._background.done():
-            # Safe to cut: batches are upserted by content id, the next ingest resumes.
-            self._background.cancel()
-            await asyncio.gather(self._background, return_exceptions=True)
+        for task in (self._background, self._reload_task):
+            if task is not None and not task.done():
+                # Safe to cut: batches are upserted by content id, the next ingest resumes.
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.embedder.aclose()
         close = getattr(self._client, "close", None)
         if close is not None:
@@ -275,9 +326,14 @@ class Retriever:
         except Exception:  # noqa: BLE001 - a failed check must not fail the search
             log.warning("kb version check failed", exc_info=True)
             return
-        if stored is not None and stored != self._mirror.version:
+        if stored is not None and stored != self._mirror.version and not self._reloading():
+            # In the background: refitting TF-IDF takes seconds at 10x the corpus, and
+            # this search can finish on the previous mirror.
             log.info("knowledge base changed elsewhere; reloading", extra={"kb_version": stored})
-            await self.reload()
+            self._reload_task = asyncio.create_task(self.reload(), name="kb-reload")
+
+    def _reloading(self) -> bool:
+        return self._reload_task is not None and not self._reload_task.done()
 
     # -- search ---------------------------------------------------------------------
 
@@ -301,7 +357,7 @@ class Retriever:
         if not len(mirror):
             return []
 
-        qvec = await self.embedder.embed_query(text)
+        qvec = await self._embed_query_or_shed(text)
         allowed: NDArray[np.bool_] | None = None
         if cats is not None:
             allowed = np.isin(mirror.category, list(cats))
@@ -309,10 +365,14 @@ class Retriever:
                 return []
         n_dense = min(self.candidates, len(mirror))
         where = {"category": {"$in": list(cats)}} if cats is not None else None
-        dense_ids, lexical = await asyncio.gather(
-            asyncio.to_thread(self._dense_ids, qvec, n_dense, where),
-            asyncio.to_thread(mirror.lexical.scores, text),
-        )
+        if qvec is None:
+            dense_ids: list[str] = []
+            lexical = await asyncio.to_thread(mirror.lexical.scores, text)
+        else:
+            dense_ids, lexical = await asyncio.gather(
+                asyncio.to_thread(self._dense_ids, qvec, n_dense, where),
+                asyncio.to_thread(mirror.lexical.scores, text),
+            )
         if allowed is not None:
             lexical = np.where(allowed, lexical, -np.inf).astype(np.float32)
         n_lex = min(self.candidates, len(mirror))
@@ -331,18 +391,36 @@ class Retriever:
         if not candidate_set:
             return []
         cand = np.fromiter(sorted(candidate_set), dtype=np.int64)
-        dense = mirror.vectors[cand] @ qvec.astype(np.float32)
-        fused = self.dense_weight * _zscore(dense) + (1 - self.dense_weight) * _zscore(
-            lexical[cand]
-        )
+        if qvec is None:
+            fused = _zscore(lexical[cand])
+        else:
+            dense = mirror.vectors[cand] @ qvec.astype(np.float32)
+            fused = (
+                self.dense_weight * _zscore(dense)
+                + (1 - self.dense_weight) * _zscore(lexical[cand])
+            ).astype(np.float32)
         if code is not None:
             fused = fused + self.type_boost * mirror.has(f"lt_{code}", cand)
         if followers:
             share = np.zeros(len(cand), dtype=np.float32)
             for ft in followers:
                 share += mirror.has(f"ft_{ft}", cand)
-            fused = fused + self.followership_boost * share / len(followers)
+            fused = (fused + self.followership_boost * share / len(followers)).astype(np.float32)
         return self._top(mirror, cand, fused, k)
+
+    async def _embed_query_or_shed(self, text: str) -> NDArray[np.float32] | None:
+        """The query vector, or None when too many queries already wait for the one
+        embedding thread: under a burst, ranking falls back to the lexical score alone
+        (hit@3 0.85 against 0.91 hybrid on the eval set) instead of making every
+        answer's first chunk wait in line."""
+        if self._embeds_waiting >= self.max_embed_queue:
+            self.shed_searches += 1
+            return None
+        self._embeds_waiting += 1
+        try:
+            return await self.embedder.embed_query(text)
+        finally:
+            self._embeds_waiting -= 1
 
     def _dense_ids(self, qvec: NDArray[np.float32], n: int, where: Any) -> list[str]:
         result = self._collection.query(
@@ -463,7 +541,19 @@ class Retriever:
                 return ids
 
     async def _add(self, chunks: Sequence[Chunk]) -> None:
-        vectors = await self.embedder.embed_passages([c.text for c in chunks])
+        texts = [c.text for c in chunks]
+        cached = [self.vector_cache.get(t) if self.vector_cache else None for t in texts]
+        missing = [i for i, v in enumerate(cached) if v is None]
+        vectors = np.zeros((len(texts), 0), dtype=np.float32)
+        if missing:
+            fresh = await self.embedder.embed_passages([texts[i] for i in missing])
+            vectors = np.zeros((len(texts), fresh.shape[1]), dtype=np.float32)
+            vectors[missing] = fresh
+        for i, vec in enumerate(cached):
+            if vec is not None:
+                if vectors.shape[1] == 0:
+                    vectors = np.zeros((len(texts), len(vec)), dtype=np.float32)
+                vectors[i] = vec
         await asyncio.to_thread(
             self._collection.upsert,
             ids=[c.id for c in chunks],
@@ -471,6 +561,13 @@ class Retriever:
             documents=[c.text for c in chunks],
             metadatas=[c.metadata() for c in chunks],
         )
+
+    async def export_vectors(self, path: Path) -> int:
+        """Write every stored passage vector to `path` (see VectorCache)."""
+        await self.reload()
+        mirror = self._mirror
+        await asyncio.to_thread(VectorCache(path).save, mirror.texts, mirror.vectors)
+        return len(mirror.texts)
 
     def _write_version(self, version: str) -> None:
         meta = dict(self._collection.metadata or {})
@@ -481,6 +578,10 @@ class Retriever:
 def _log_failure(task: asyncio.Task[IngestReport]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background ingestion failed", exc_info=task.exception())
+
+
+def vector_cache_path(settings: Settings, embedder: Embedder) -> Path:
+    return Path(settings.models_dir) / f"kb_vectors_{embedder.name}.npz"
 
 
 def _collection_name(settings: Settings, embedder: Embedder) -> str:
@@ -549,6 +650,9 @@ async def open_retriever(
         name = _collection_name(settings, embedder)
         collection = await asyncio.to_thread(_open_collection, client, name, embedder)
         retriever = Retriever(client, collection, embedder, **options)
+        retriever.vector_cache = await asyncio.to_thread(
+            VectorCache.load, vector_cache_path(settings, embedder)
+        )
         await retriever.reload()
         if auto_ingest and retriever.size == 0:
             if background_ingest:

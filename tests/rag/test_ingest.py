@@ -173,3 +173,22 @@ async def test_client_server_mode_ingests_searches_and_reports_an_unreachable_se
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+async def test_another_instance_notices_an_ingest_and_reloads(
+    small_settings: Settings, small_kb: Path
+) -> None:
+    writer = await open_retriever(small_settings)
+    reader = await open_retriever(small_settings, refresh_interval_s=0.0)
+    try:
+        (small_kb / "coaching_guides" / "feedback-sbi.md").unlink()
+        await writer.ingest(small_kb)
+        assert reader.kb_version != writer.kb_version
+        await reader.search("피드백", k=1)  # notices the new version, reloads behind
+        assert reader._reload_task is not None
+        await reader._reload_task
+        assert reader.kb_version == writer.kb_version
+        assert reader.size == writer.size
+    finally:
+        await reader.close()
+        await writer.close()
