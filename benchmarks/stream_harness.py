@@ -497,6 +497,9 @@ def shared_backing(run_dir: Path) -> Iterator[Backing]:
             description="; ".join(parts),
             pids=lambda: [p for get in procs for p in get()],
         )
+    # After the stack closed (servers stopped): drop their data, never DATABASE_URL's.
+    for name in ("shared-postgres", "shared-redis"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
 def _wait_tcp(port: int, timeout_s: float = 15.0) -> None:

