@@ -42,6 +42,28 @@ class TurnResult:
     gaps: list[float] = field(default_factory=list)
     chunks: int = 0
     message_id: str | None = None
+    started: float = 0.0
+    last: float | None = None
+
+    def observe(self, kind: str, data: dict[str, Any]) -> bool:
+        """Record one event of the turn; True when it ends the turn."""
+        now = time.perf_counter()
+        if kind == "meta":
+            self.message_id = data.get("message_id")
+        elif kind == "delta":
+            self.chunks += 1
+            if self.ttft is None:
+                self.ttft = now - self.started
+            elif self.last is not None:
+                self.gaps.append(now - self.last)
+            self.last = now
+        elif kind == "done":
+            self.ok, self.reason = True, "ok"
+            return True
+        elif kind == "error":
+            self.reason = f"event_{data.get('code', 'error')}"
+            return True
+        return False
 
 
 @dataclass(slots=True)
@@ -116,8 +138,7 @@ async def sse_turn(url: str, token: str, body: dict[str, Any], timeout: float) -
         f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
     ).encode()
-    t0 = time.perf_counter()
-    result = TurnResult(ok=False, reason="incomplete")
+    result = TurnResult(ok=False, reason="incomplete", started=time.perf_counter())
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(
@@ -140,7 +161,6 @@ async def sse_turn(url: str, token: str, body: dict[str, Any], timeout: float) -
                 if status != 200:
                     return TurnResult(ok=False, reason=f"http_{status}")
                 parser = SSEParser()
-                last = None
                 while True:
                     if chunked:
                         size_line = await reader.readline()
@@ -156,21 +176,7 @@ async def sse_turn(url: str, token: str, body: dict[str, Any], timeout: float) -
                         if not data:
                             break
                     for event, payload_obj in parser.feed(data):
-                        now = time.perf_counter()
-                        if event == "meta":
-                            result.message_id = payload_obj.get("message_id")
-                        elif event == "delta":
-                            result.chunks += 1
-                            if result.ttft is None:
-                                result.ttft = now - t0
-                            elif last is not None:
-                                result.gaps.append(now - last)
-                            last = now
-                        elif event == "done":
-                            result.ok, result.reason = True, "ok"
-                            return result
-                        elif event == "error":
-                            result.reason = f"event_{payload_obj.get('code', 'error')}"
+                        if result.observe(event, payload_obj):
                             return result
                 return result
             finally:
@@ -199,25 +205,11 @@ async def ws_session(
                 json.loads(await ws.recv())
                 for body in questions:
                     result = TurnResult(ok=False, reason="incomplete")
-                    t0 = time.perf_counter()
-                    last = None
+                    result.started = time.perf_counter()
                     await ws.send(orjson.dumps({"type": "question", **body}).decode())
                     while True:
                         frame = json.loads(await ws.recv())
-                        now = time.perf_counter()
-                        kind = frame.get("type")
-                        if kind == "delta":
-                            result.chunks += 1
-                            if result.ttft is None:
-                                result.ttft = now - t0
-                            elif last is not None:
-                                result.gaps.append(now - last)
-                            last = now
-                        elif kind == "done":
-                            result.ok, result.reason = True, "ok"
-                            break
-                        elif kind == "error":
-                            result.reason = f"event_{frame.get('code', 'error')}"
+                        if result.observe(str(frame.get("type")), frame):
                             break
                     on_result(result)
     except TimeoutError:
