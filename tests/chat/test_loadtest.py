@@ -9,7 +9,10 @@ from tests.conftest import API_KEY, RunningServer
 
 
 def test_sse_parser_handles_frames_split_anywhere() -> None:
-    raw = 'id: 1\nevent: meta\ndata: {"message_id": "m"}\n\n: ping\n\nid: 2\nevent: delta\ndata: {"text": "안녕"}\n\n'
+    raw = (
+        'id: 1\nevent: meta\ndata: {"message_id": "m"}\n\n: ping\n\n'
+        'id: 2\nevent: delta\ndata: {"text": "안녕"}\n\n'
+    )
     parser = SSEParser()
     events = []
     data = raw.encode()
