@@ -218,6 +218,3 @@ class Settings:
             extra={k: v for k in ("RAG_EMBEDDER",) if (v := get(k))},
         ).validate()
 
-
-def is_truthy(value: str | None) -> bool:
-    return value is not None and _bool(value)

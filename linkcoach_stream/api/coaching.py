@@ -128,7 +128,7 @@ async def query_stream(request: Request) -> EventSourceResponse:
     body = await read_model(request, QueryRequest)
     chat = _chat(request)
     started = await chat.start_turn(user, body.turn())
-    events = await chat.events(user, uuid.UUID(started.message_id))
+    events = await chat.turn_events(user, started)
     return await _sse(request, events)
 
 
@@ -187,7 +187,7 @@ async def query(request: Request) -> JSON:
     body = await read_model(request, QueryRequest)
     chat = _chat(request)
     started = await chat.start_turn(user, body.turn())
-    text, events = await collect(await chat.events(user, uuid.UUID(started.message_id)))
+    text, events = await collect(await chat.turn_events(user, started))
     result, status = turn_result(text, events)
     return JSON(result, status_code=status)
 
@@ -201,7 +201,7 @@ async def legacy_chat(request: Request) -> JSON:
     )
     chat = _chat(request)
     started = await chat.start_turn(user, TurnRequest(question=body.question, history=history))
-    text, events = await collect(await chat.events(user, uuid.UUID(started.message_id)))
+    text, events = await collect(await chat.turn_events(user, started))
     result, status = turn_result(text, events)
     if status != 200:
         return JSON({"error": result["error"]}, status_code=status)

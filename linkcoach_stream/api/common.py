@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any, TypeVar
 
 import orjson
@@ -11,7 +12,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from ..db.repositories import users
-from ..errors import BadRequest, PayloadTooLarge, Unauthorized, ValidationFailed
+from ..errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized, ValidationFailed
 from ..services.auth import Principal
 
 M = TypeVar("M", bound=BaseModel)
@@ -110,13 +111,9 @@ async def require_user(conn: HTTPConnection) -> Principal:
     return await authenticate_token(conn, bearer_token(conn))
 
 
-def path_uuid(request: Request, name: str) -> Any:
-    import uuid
-
+def path_uuid(request: Request, name: str) -> uuid.UUID:
     raw = request.path_params[name]
     try:
         return uuid.UUID(str(raw))
     except ValueError:
-        from ..errors import NotFound
-
         raise NotFound(f"no such {name.removesuffix('_id')}") from None

@@ -1,5 +1,5 @@
-"""Pure ASGI middleware. `BaseHTTPMiddleware` is never used: it hides
-`http.disconnect` from streaming responses and breaks contextvars."""
+"""Pure ASGI middleware only: Starlette's base-class middleware would hide
+`http.disconnect` from streaming responses and break contextvars."""
 
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ class Session:
             await self.error("validation_error", f"{field}: {first['msg']}", field=field)
             return
         started = await self.chat.start_turn(self.user, body.turn())
-        events = await self.chat.events(self.user, uuid.UUID(started.message_id))
+        events = await self.chat.turn_events(self.user, started)
         self.forward(started.message_id, events)
 
     async def close(self) -> None:

@@ -367,6 +367,15 @@ class ChatService:
         log.error("final message state not stored", extra={"message_id": str(message_id)})
 
     # -- reading a turn ---------------------------------------------------------------
+    async def turn_events(
+        self, user: Principal, started: TurnStarted
+    ) -> AsyncIterator[StreamEvent]:
+        """Events of a turn this request just started. Its job runs in this process, so
+        the message needs no second lookup; a replayed turn is read like any message."""
+        if not started.replayed:
+            return self.hub.follow(started.message_id, 0)
+        return await self.events(user, uuid.UUID(started.message_id))
+
     async def events(
         self, user: Principal, message_id: uuid.UUID, *, after: int = 0
     ) -> AsyncIterator[StreamEvent]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +61,6 @@ class Job:
         self.events: list[StreamEvent] = []
         self.finished = False
         self.task: asyncio.Task[None] | None = None
-        self.cancel_requested = False
         self._changed = asyncio.Event()
 
     def emit(self, event: str, data: dict[str, Any]) -> StreamEvent:
@@ -176,7 +174,6 @@ class StreamHub:
         """Stop a generation wherever it runs. True when this process owned it."""
         job = self.jobs.get(message_id)
         if job is not None and job.task is not None and not job.task.done():
-            job.cancel_requested = True
             job.task.cancel()
             return True
         try:
@@ -324,7 +321,6 @@ class StreamHub:
                     message_id = data.decode() if isinstance(data, bytes) else str(data)
                     job = self.jobs.get(message_id)
                     if job is not None and job.task is not None and not job.task.done():
-                        job.cancel_requested = True
                         job.task.cancel()
             except (RedisError, OSError):
                 self.redis_failures += 1
@@ -345,6 +341,3 @@ def _decode(entry_id: bytes | str, fields: dict[Any, Any]) -> StreamEvent:
         orjson.loads(data) if data else {},
     )
 
-
-def monotonic_ms() -> float:
-    return time.perf_counter() * 1000
