@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import httpx
@@ -81,6 +82,22 @@ async def _row(dsn: str, message_id: str) -> asyncpg.Record:
         await conn.close()
 
 
+async def stream_through_fault(
+    client: httpx.AsyncClient, user: Any, question: str, fault: Callable[[], Awaitable[None]]
+) -> list[Any]:
+    """Stream one answer, inject `fault` after five events, and read to the end."""
+    events: list[Any] = []
+    async with client.stream(
+        "POST", STREAM, json={"question": question}, headers=user.headers
+    ) as r:
+        reader = asyncio.create_task(read_sse(r, on_event=events))
+        while len(events) < 5:
+            await asyncio.sleep(0.02)
+        await fault()
+        await asyncio.wait_for(reader, 20)
+    return events
+
+
 @pytest.fixture
 async def own_redis() -> AsyncIterator[RedisProcess]:
     redis = RedisProcess()
@@ -103,15 +120,7 @@ async def test_redis_stopped_and_restarted_while_streams_run(
         async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
             user = await make_user(client)
             q = "레디스 장애 중 스트림 [[emulator:chunks=60,chunk_interval_ms=30]]"
-            events: list = []
-            async with client.stream(
-                "POST", STREAM, json={"question": q}, headers=user.headers
-            ) as r:
-                reader = asyncio.create_task(read_sse(r, on_event=events))
-                while len(events) < 5:
-                    await asyncio.sleep(0.02)
-                await own_redis.stop()
-                await asyncio.wait_for(reader, 20)
+            events = await stream_through_fault(client, user, q, own_redis.stop)
             # The stream ran to the end on the local path; nothing stored is lost.
             assert events[-1].event == "done"
             row = await _row(settings.database_url, events[0].data["message_id"])
@@ -162,20 +171,16 @@ async def test_postgres_connections_killed_under_a_running_server(
         async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
             user = await make_user(client)
             q = "DB 연결 끊김 [[emulator:chunks=60,chunk_interval_ms=30]]"
-            events: list = []
-            async with client.stream(
-                "POST", STREAM, json={"question": q}, headers=user.headers
-            ) as r:
-                reader = asyncio.create_task(read_sse(r, on_event=events))
-                while len(events) < 5:
-                    await asyncio.sleep(0.02)
+
+            async def kill_backends() -> None:
                 killed = await admin.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE application_name = $1",
                     tag,
                 )
                 assert killed >= 1
-                await asyncio.wait_for(reader, 20)
+
+            events = await stream_through_fault(client, user, q, kill_backends)
             assert events[-1].event == "done"
             # The final write retried on a fresh connection: no turn is left `streaming`.
             row = await _row(settings.database_url, events[0].data["message_id"])
@@ -206,16 +211,12 @@ async def test_sigterm_mid_stream_sends_server_shutdown_and_the_answer_can_be_re
         async with httpx.AsyncClient(base_url=proc.url, timeout=30) as client:
             user = await make_user(client)
             q = "종료 신호 [[emulator:chunks=600,chunk_interval_ms=30]]"
-            events: list = []
-            async with client.stream(
-                "POST", STREAM, json={"question": q}, headers=user.headers
-            ) as r:
-                reader = asyncio.create_task(read_sse(r, on_event=events))
-                while len(events) < 5:
-                    await asyncio.sleep(0.02)
+
+            async def terminate() -> None:
                 assert proc.proc is not None
                 proc.proc.send_signal(signal.SIGTERM)
-                await asyncio.wait_for(reader, 20)
+
+            events = await stream_through_fault(client, user, q, terminate)
         last = events[-1]
         assert last.event == "error" and last.data["code"] == "server_shutdown"
         assert last.data["last_event_id"] == events[-2].id
