@@ -60,6 +60,7 @@ class Settings:
     gemini_base_url: str | None = None
     gemini_model: str = "gemini-2.5-flash"
     gemini_embedding_model: str = "text-embedding-004"
+    gemini_stream_transport: str = "direct"
     llm_provider: str | None = None
     llm_temperature: float = 0.7
     llm_max_output_tokens: int = 1024
@@ -132,6 +133,8 @@ class Settings:
                 raise ConfigError("each LINKCOACH_API_KEYS entry must be at least 16 characters")
         if self.provider_name not in {"gemini", "offline"}:
             raise ConfigError("LLM_PROVIDER must be 'gemini' or 'offline'")
+        if self.gemini_stream_transport not in {"direct", "sdk"}:
+            raise ConfigError("GEMINI_STREAM_TRANSPORT must be 'direct' or 'sdk'")
         if self.provider_name == "gemini" and not self.gemini_api_key:
             raise ConfigError("LLM_PROVIDER=gemini needs GEMINI_API_KEY")
         return self
@@ -176,6 +179,8 @@ class Settings:
             gemini_model=get("GEMINI_MODEL", d.gemini_model) or d.gemini_model,
             gemini_embedding_model=get("GEMINI_EMBEDDING_MODEL", d.gemini_embedding_model)
             or d.gemini_embedding_model,
+            gemini_stream_transport=get("GEMINI_STREAM_TRANSPORT", d.gemini_stream_transport)
+            or d.gemini_stream_transport,
             llm_provider=get("LLM_PROVIDER"),
             llm_temperature=num("LLM_TEMPERATURE", d.llm_temperature),
             llm_max_output_tokens=int(num("LLM_MAX_OUTPUT_TOKENS", d.llm_max_output_tokens)),

@@ -11,6 +11,12 @@ Deliberate decisions:
 - Requests are spread over several SDK clients, each with its own connection pool:
   httpcore scans every pooled connection for each request, which made one pool of
   hundreds of open streams the hottest spot of the whole server under load.
+- Chat streams read Gemini's `:streamGenerateContent?alt=sse` protocol directly by
+  default (`GEMINI_STREAM_TRANSPORT=direct`): under load the SDK's per-chunk work (a
+  pydantic `GenerateContentResponse` per chunk, its line decoder, the retry wrapper) was
+  over half of the server's CPU. The direct reader sends the same request over the same
+  httpx clients and parses each event with orjson; `GEMINI_STREAM_TRANSPORT=sdk` goes
+  through google-genai instead. Reports (unary JSON) always use the SDK.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -32,6 +39,8 @@ from .prompts import user_message
 
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 _POOL_SHARDS = 16
+_DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+_API_VERSION = "v1beta"
 
 
 def _classify(exc: BaseException) -> LLMError:
@@ -52,6 +61,115 @@ def _classify(exc: BaseException) -> LLMError:
             f"Gemini connection failed: {type(exc).__name__}", kind="connection", retryable=True
         )
     return LLMError(f"Gemini failed: {type(exc).__name__}", kind="unknown")
+
+
+def _api_error(code: int, body: bytes) -> LLMError:
+    """An error answered in Gemini's `{"error": {"code", "message", "status"}}` shape."""
+    message = ""
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        error = orjson.loads(body)["error"]
+        code = int(error.get("code") or code)
+        message = str(error.get("message") or error.get("status") or "")
+    kind = "rate_limited" if code == 429 else f"http_{code}" if code else "api_error"
+    return LLMError(
+        f"Gemini API error {code}: {message or 'no message'}"[:300],
+        kind=kind,
+        retryable=code in _RETRYABLE_STATUS,
+    )
+
+
+class _EventReader:
+    """Splits an `alt=sse` body into JSON events.
+
+    Events are `data: {...}` lines ended by a blank line (CRLF or LF). Any other
+    non-empty line belongs to a bare JSON object: that is how Gemini reports an error
+    after the stream has started (HTTP 200 already sent), pretty-printed over several
+    lines.
+    """
+
+    __slots__ = ("_buffer", "_data", "_other")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+        self._other: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        lines = (self._buffer + chunk).split(b"\n")
+        self._buffer = lines.pop()
+        for line in lines:
+            self._line(line.rstrip(b"\r"), events)
+        return events
+
+    def close(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        if self._buffer:
+            self._line(self._buffer.rstrip(b"\r"), events)
+            self._buffer = b""
+        self._line(b"", events)
+        if self._other:
+            raise LLMError("Gemini sent an unreadable stream", kind="protocol")
+        return events
+
+    def _line(self, line: bytes, events: list[dict[str, Any]]) -> None:
+        if line.startswith(b"data:"):
+            self._data.append(line[5:])
+        elif line:
+            if not line.startswith(b":"):  # an SSE comment otherwise
+                self._other.append(line)
+                self._bare(events)
+        elif self._data:
+            events.append(self._load(b"\n".join(self._data)))
+            self._data.clear()
+
+    def _bare(self, events: list[dict[str, Any]]) -> None:
+        try:
+            value = orjson.loads(b"\n".join(self._other))
+        except orjson.JSONDecodeError:
+            return  # not balanced yet
+        self._other.clear()
+        if isinstance(value, dict):
+            events.append(value)
+
+    @staticmethod
+    def _load(data: bytes) -> dict[str, Any]:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise LLMError("Gemini sent an unreadable event", kind="protocol") from None
+        if not isinstance(value, dict):
+            raise LLMError("Gemini sent an unreadable event", kind="protocol")
+        return value
+
+
+# (text, finish reason, usage) of one streamed chunk; None where the chunk has none.
+_Part = tuple[str | None, str | None, Usage | None]
+
+
+def _event_part(event: dict[str, Any]) -> _Part:
+    if "error" in event:
+        error = event["error"] if isinstance(event["error"], dict) else {}
+        raise _api_error(int(error.get("code") or 0), orjson.dumps(event))
+    text = finish = None
+    candidates = event.get("candidates")
+    if candidates:
+        candidate = candidates[0]
+        parts = (candidate.get("content") or {}).get("parts") or ()
+        texts = [
+            p["text"] for p in parts if isinstance(p.get("text"), str) and not p.get("thought")
+        ]
+        text = "".join(texts) if texts else None
+        finish = candidate.get("finishReason")
+    meta = event.get("usageMetadata")
+    usage = None
+    if meta:
+        usage = Usage(
+            prompt_tokens=meta.get("promptTokenCount"),
+            completion_tokens=meta.get("candidatesTokenCount"),
+            total_tokens=meta.get("totalTokenCount"),
+        )
+    return text, finish, usage
 
 
 def _usage(meta: Any) -> Usage:
@@ -86,6 +204,14 @@ class GeminiProvider:
                 genai.Client(api_key=settings.gemini_api_key, http_options=options)
             )
         self._next = 0
+        base = (settings.gemini_base_url or _DEFAULT_BASE_URL).rstrip("/")
+        self._stream_url = (
+            f"{base}/{_API_VERSION}/models/{self.model}:streamGenerateContent?alt=sse"
+        )
+        self._headers = {
+            "content-type": "application/json",
+            "x-goog-api-key": settings.gemini_api_key or "",
+        }
 
     @property
     def client(self) -> genai.Client:
@@ -119,28 +245,69 @@ class GeminiProvider:
     async def _backoff(self, attempt: int) -> None:
         await asyncio.sleep(min(4.0, 0.25 * 2**attempt) * (0.5 + random.random()))
 
+    def _direct_body(self, prompt: ChatPrompt) -> bytes:
+        contents = [
+            {"role": "user" if t.role == "user" else "model", "parts": [{"text": t.content}]}
+            for t in prompt.history
+        ]
+        contents.append(
+            {"role": "user", "parts": [{"text": user_message(prompt.question, prompt.passages)}]}
+        )
+        return orjson.dumps(
+            {
+                "contents": contents,
+                "systemInstruction": {"parts": [{"text": prompt.system}]},
+                "generationConfig": {
+                    "temperature": self.settings.llm_temperature,
+                    "maxOutputTokens": self.settings.llm_max_output_tokens,
+                },
+            }
+        )
+
+    async def _direct_parts(self, body: bytes) -> AsyncGenerator[_Part, None]:
+        """One request over `:streamGenerateContent?alt=sse`, parsed without the SDK."""
+        self._next = (self._next + 1) % len(self._https)
+        http = self._https[self._next]
+        async with http.stream(
+            "POST", self._stream_url, content=body, headers=self._headers
+        ) as response:
+            if response.status_code != 200:
+                raise _api_error(response.status_code, await response.aread())
+            reader = _EventReader()
+            async for data in response.aiter_bytes():
+                for event in reader.feed(data):
+                    yield _event_part(event)
+            for event in reader.close():
+                yield _event_part(event)
+
+    async def _sdk_parts(self, prompt: ChatPrompt) -> AsyncGenerator[_Part, None]:
+        chunks = await self.client.aio.models.generate_content_stream(
+            model=self.model, contents=self._contents(prompt), config=self._config(prompt.system)
+        )
+        async with contextlib.aclosing(chunks) as iterator:  # type: ignore[type-var]
+            async for chunk in iterator:
+                usage = None if chunk.usage_metadata is None else _usage(chunk.usage_metadata)
+                finish = None
+                if chunk.candidates and chunk.candidates[0].finish_reason:
+                    reason = chunk.candidates[0].finish_reason
+                    finish = str(getattr(reason, "value", reason))
+                yield (chunk.text if chunk.candidates else None), finish, usage
+
     async def stream(self, prompt: ChatPrompt, result: StreamResult) -> AsyncIterator[str]:
-        contents = self._contents(prompt)
-        config = self._config(prompt.system)
+        direct = self.settings.gemini_stream_transport == "direct"
+        body = self._direct_body(prompt) if direct else b""
+        first_timeout = self.settings.llm_first_chunk_timeout_s
+        idle_timeout = self.settings.llm_idle_timeout_s
         attempt = 0
         while True:
             started = False
             try:
-                iterator = await asyncio.wait_for(
-                    self.client.aio.models.generate_content_stream(
-                        model=self.model, contents=contents, config=config
-                    ),
-                    self.settings.llm_first_chunk_timeout_s,
-                )
-                async with contextlib.aclosing(iterator) as chunks:  # type: ignore[type-var]
+                source = self._direct_parts(body) if direct else self._sdk_parts(prompt)
+                async with contextlib.aclosing(source) as parts:
                     while True:
-                        timeout = (
-                            self.settings.llm_idle_timeout_s
-                            if started
-                            else self.settings.llm_first_chunk_timeout_s
-                        )
                         try:
-                            chunk = await asyncio.wait_for(anext(chunks), timeout)
+                            async with asyncio.timeout(idle_timeout if started else first_timeout):
+                                text, finish, usage = await anext(parts)
                         except StopAsyncIteration:
                             break
                         except TimeoutError:
@@ -151,12 +318,10 @@ class GeminiProvider:
                                 kind="stall" if started else "first_chunk_timeout",
                                 retryable=not started,
                             ) from None
-                        if chunk.usage_metadata is not None:
-                            result.usage = _usage(chunk.usage_metadata)
-                        if chunk.candidates and chunk.candidates[0].finish_reason:
-                            reason = chunk.candidates[0].finish_reason
-                            result.finish_reason = str(getattr(reason, "value", reason)).lower()
-                        text = chunk.text if chunk.candidates else None
+                        if usage is not None:
+                            result.usage = usage
+                        if finish:
+                            result.finish_reason = finish.lower()
                         if text:
                             started = True
                             yield text

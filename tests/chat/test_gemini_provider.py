@@ -1,0 +1,164 @@
+"""The Gemini provider against the emulator, over both stream transports: the direct
+`alt=sse` reader and google-genai. Both must give the same text, usage and failures."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from linkcoach_stream.config import Settings
+from linkcoach_stream.llm.base import ChatPrompt, LLMError, StreamResult, Turn
+from linkcoach_stream.llm.gemini import GeminiProvider, _EventReader
+from linkcoach_stream.llm.prompts import user_message
+
+from ..conftest import emulator_stats, gemini_settings
+
+TRANSPORTS = ["direct", "sdk"]
+
+
+def provider(settings: Settings, emulator: str, transport: str) -> GeminiProvider:
+    return GeminiProvider(
+        gemini_settings(settings, emulator).with_overrides(gemini_stream_transport=transport)
+    )
+
+
+def prompt(question: str) -> ChatPrompt:
+    return ChatPrompt(
+        system="당신은 리더십 코치입니다.",
+        history=[Turn("user", "안녕하세요"), Turn("assistant", "반갑습니다.")],
+        question=question,
+    )
+
+
+async def collect(p: GeminiProvider, question: str) -> tuple[list[str], StreamResult]:
+    result = StreamResult()
+    chunks = [chunk async for chunk in p.stream(prompt(question), result)]
+    return chunks, result
+
+
+async def unary_answer(emulator: str, question: str) -> str:
+    """The emulator's non-streamed answer for the same request, fetched without either
+    transport under test."""
+    body = {"contents": [{"role": "user", "parts": [{"text": user_message(question, ())}]}]}
+    async with httpx.AsyncClient() as c:
+        r = await c.post(
+            f"{emulator}/v1beta/models/m:generateContent",
+            json=body,
+            headers={"x-goog-api-key": "k"},
+        )
+    r.raise_for_status()
+    return r.json()["candidates"][0]["content"]["parts"][0]["text"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_stream_gives_the_whole_korean_answer_with_usage(
+    settings: Settings, emulator: str, transport: str
+) -> None:
+    p = provider(settings, emulator, transport)
+    try:
+        chunks, result = await collect(p, "팀원에게 피드백을 주는 방법")
+    finally:
+        await p.aclose()
+    assert len(chunks) == 12
+    assert "".join(chunks) == await unary_answer(emulator, "팀원에게 피드백을 주는 방법")
+    assert result.finish_reason == "stop"
+    assert result.usage.total_tokens and result.usage.prompt_tokens
+    assert result.usage.completion_tokens
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_client_error_before_the_stream_is_not_retried(
+    settings: Settings, emulator: str, transport: str
+) -> None:
+    p = provider(settings, emulator, transport)
+    before = await emulator_stats(emulator)
+    try:
+        with pytest.raises(LLMError) as caught:
+            await collect(p, "실패 [[emulator:fault=before_first,fault_status=400]]")
+    finally:
+        await p.aclose()
+    after = await emulator_stats(emulator)
+    assert caught.value.kind == "http_400" and not caught.value.retryable
+    calls = lambda s: s["requests"].get("streamGenerateContent", 0)  # noqa: E731
+    assert calls(after) - calls(before) == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_server_error_before_the_first_chunk_is_retried(
+    settings: Settings, emulator: str, transport: str
+) -> None:
+    p = provider(settings, emulator, transport)
+    before = await emulator_stats(emulator)
+    try:
+        with pytest.raises(LLMError) as caught:
+            await collect(p, "재시도 [[emulator:fault=before_first,fault_status=503]]")
+    finally:
+        await p.aclose()
+    after = await emulator_stats(emulator)
+    assert caught.value.kind == "http_503"
+    calls = lambda s: s["requests"].get("streamGenerateContent", 0)  # noqa: E731
+    assert calls(after) - calls(before) == 2  # llm_retries=1 in the test settings
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_error_after_some_chunks_raises_after_yielding_them(
+    settings: Settings, emulator: str, transport: str
+) -> None:
+    p = provider(settings, emulator, transport)
+    result = StreamResult()
+    seen: list[str] = []
+    try:
+        with pytest.raises(LLMError) as caught:
+            async for chunk in p.stream(
+                prompt("중간 실패 [[emulator:fault=mid_stream,fault_after_chunks=3]]"), result
+            ):
+                seen.append(chunk)
+    finally:
+        await p.aclose()
+    assert len(seen) == 3
+    assert caught.value.kind == "http_503"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_stall_and_abort_mid_stream_are_reported(
+    settings: Settings, emulator: str, transport: str
+) -> None:
+    p = provider(settings, emulator, transport)
+    try:
+        with pytest.raises(LLMError) as stalled:
+            await collect(p, "멈춤 [[emulator:fault=stall,fault_after_chunks=2]]")
+        with pytest.raises(LLMError) as aborted:
+            await collect(
+                p, "끊김 [[emulator:fault=mid_stream,mid_stream_action=abort,fault_after_chunks=2]]"
+            )
+    finally:
+        await p.aclose()
+    assert stalled.value.kind == "stall"
+    assert aborted.value.kind in {"connection", "protocol"}
+
+
+def test_event_reader_joins_split_lines_and_reads_a_bare_error_object() -> None:
+    reader = _EventReader()
+    body = (
+        b'data: {"candidates": [{"content": {"parts": [{"text": "\xea\xb0\x80"}]}}]}\r\n\r\n'
+        b'data: {"candidates": [{"content": {"parts": [{"text": "x", "thought": true}]}}]}\n\n'
+        b": comment\n"
+        b'{\n  "error": {\n    "code": 500,\n    "message": "boom"\n  }\n}\n'
+    )
+    events = []
+    for i in range(0, len(body), 5):  # cut everywhere, mid-character included
+        events += reader.feed(body[i : i + 5])
+    events += reader.close()
+    assert events[0]["candidates"][0]["content"]["parts"][0]["text"] == "가"
+    assert events[2] == {"error": {"code": 500, "message": "boom"}}
+    assert len(events) == 3
+
+
+def test_event_reader_refuses_garbage() -> None:
+    reader = _EventReader()
+    with pytest.raises(LLMError):
+        reader.feed(b"data: {not json\n\n")
+    reader = _EventReader()
+    reader.feed(b"<html>proxy error\n")
+    with pytest.raises(LLMError):
+        reader.close()
