@@ -222,4 +222,3 @@ class Settings:
             retrieval_enabled=_bool(get("RETRIEVAL_ENABLED", "true") or "true"),
             extra={k: v for k in ("RAG_EMBEDDER",) if (v := get(k))},
         ).validate()
-

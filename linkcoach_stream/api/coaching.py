@@ -8,9 +8,8 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import anyio
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -18,7 +17,7 @@ from ..errors import BadRequest
 from ..llm.base import Turn
 from ..services.chat import ChatService, TurnRequest, collect
 from ..services.streams import StreamEvent
-from .common import JSON, dumps, path_uuid, read_model, require_user
+from .common import JSON, path_uuid, read_model, require_user
 
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 _FAREWELL = object()
@@ -55,8 +54,30 @@ def _chat(request: Request) -> ChatService:
     return chat
 
 
-def _frame(ev: StreamEvent) -> ServerSentEvent:
-    return ServerSentEvent(data=dumps(ev.data).decode(), event=ev.event, id=str(ev.id))
+def _frame(ev: StreamEvent) -> bytes:
+    """One SSE frame, built from the event's shared JSON encoding (compact JSON has no
+    line breaks, so it is one `data:` line)."""
+    return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (ev.id, ev.event.encode(), ev.encoded())
+
+
+class _Farewell:
+    """Given to sse-starlette as its `shutdown_event`, which it only ever `set()`s when
+    the server shuts down: instead of a waiting task per stream, setting it starts a
+    timer that queues the farewell after the grace period."""
+
+    def __init__(self, queue: asyncio.Queue[StreamEvent | None | object], grace: float) -> None:
+        self._queue = queue
+        self._grace = grace
+        self._timer: asyncio.TimerHandle | None = None
+
+    def set(self) -> None:
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._grace, self._queue.put_nowait, _FAREWELL)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSourceResponse:
@@ -65,15 +86,13 @@ async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSou
     message id and last event id to resume from (on another instance), and is closed."""
     metrics = request.state.metrics
     settings = request.state.settings
-    shutdown = anyio.Event()
+    # Events and the shutdown farewell meet in one queue: a pump task copies the turn's
+    # events in, and the farewell is put in by a timer once the grace period is over.
+    queue: asyncio.Queue[StreamEvent | None | object] = asyncio.Queue()
     # Leave a second for the farewell event before sse-starlette cuts the stream.
-    grace = max(0.0, settings.shutdown_grace_s - 1.0)
+    shutdown = _Farewell(queue, max(0.0, settings.shutdown_grace_s - 1.0))
 
-    async def frames() -> AsyncIterator[ServerSentEvent]:
-        # Events and the shutdown farewell meet in one queue: a pump task copies the
-        # turn's events in, and a watcher adds FAREWELL once the grace period is over.
-        queue: asyncio.Queue[StreamEvent | None | object] = asyncio.Queue()
-
+    async def frames() -> AsyncIterator[bytes]:
         async def pump() -> None:
             try:
                 async for ev in events:
@@ -81,12 +100,7 @@ async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSou
             finally:
                 queue.put_nowait(None)
 
-        async def watch() -> None:
-            await shutdown.wait()
-            await asyncio.sleep(grace)
-            queue.put_nowait(_FAREWELL)
-
-        tasks = [asyncio.create_task(pump()), asyncio.create_task(watch())]
+        pumping = asyncio.create_task(pump())
         metrics.active_streams.labels("sse").inc()
         last_id, message_id = 0, None
         try:
@@ -109,8 +123,8 @@ async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSou
                 message_id = item.data.get("message_id", message_id)
                 yield _frame(item)
         finally:
-            for task in tasks:
-                task.cancel()
+            pumping.cancel()
+            shutdown.cancel()
             metrics.active_streams.labels("sse").dec()
 
     return EventSourceResponse(
@@ -118,7 +132,7 @@ async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSou
         headers=SSE_HEADERS,
         ping=settings.stream_ping_interval_s,
         send_timeout=settings.stream_send_timeout_s,
-        shutdown_event=shutdown,
+        shutdown_event=shutdown,  # type: ignore[arg-type]
         shutdown_grace_period=settings.shutdown_grace_s,
     )
 

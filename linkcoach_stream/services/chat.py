@@ -103,27 +103,28 @@ class ChatService:
         question = validate_question(req.question, max_chars=self.settings.max_question_chars)
         if self.limiter is not None:
             await self.limiter.hit("turns", user.user_id)
-        async with self.pool.acquire() as conn:
-            code = user.leadership_type
-            conversation = None
-            if req.conversation_id is not None:
-                conversation = await repo.get_conversation(
-                    conn, conversation_id=req.conversation_id, user_id=user.user_id
-                )
-                code = conversation["leadership_type"] or code
-                if req.client_message_id:
-                    existing = await repo.find_turn_by_client_id(
-                        conn,
-                        conversation_id=req.conversation_id,
-                        client_message_id=req.client_message_id,
+        code = user.leadership_type
+        conversation = None
+        if req.conversation_id is not None or req.report_id is not None:
+            async with self.pool.acquire() as conn:
+                if req.conversation_id is not None:
+                    conversation = await repo.get_conversation(
+                        conn, conversation_id=req.conversation_id, user_id=user.user_id
                     )
-                    if existing is not None:
-                        return self._replayed(conversation["id"], existing[1])
-            if req.report_id is not None:
-                report = await reports_repo.get_report(
-                    conn, report_id=req.report_id, user_id=user.user_id
-                )
-                code = report["leadership_code"]
+                    code = conversation["leadership_type"] or code
+                    if req.client_message_id:
+                        existing = await repo.find_turn_by_client_id(
+                            conn,
+                            conversation_id=req.conversation_id,
+                            client_message_id=req.client_message_id,
+                        )
+                        if existing is not None:
+                            return self._replayed(conversation["id"], existing[1])
+                if req.report_id is not None:
+                    report = await reports_repo.get_report(
+                        conn, report_id=req.report_id, user_id=user.user_id
+                    )
+                    code = report["leadership_code"]
 
         passages: Sequence[PassageLike] = []
         if self.retriever is not None:
@@ -152,49 +153,60 @@ class ChatService:
         sources: list[dict[str, Any]],
         message_id: uuid.UUID,
     ) -> TurnStarted:
-        async with self.pool.acquire() as conn, conn.transaction():
-            if conversation is None:
-                conversation = await repo.create_conversation(
+        history_rows: list[asyncpg.Record] = []
+        if conversation is None:
+            conversation_id = uuid.uuid4()
+            async with self.pool.acquire() as conn:
+                await repo.start_conversation(
                     conn,
+                    conversation_id=conversation_id,
                     user_id=user.user_id,
                     report_id=req.report_id,
                     title=question[:60],
                     leadership_type=code,
+                    question=question,
+                    client_message_id=req.client_message_id,
+                    assistant_id=message_id,
+                    provider=self.provider.name,
+                    model=self.provider.model,
+                    sources=sources,
                 )
+        else:
             conversation_id = conversation["id"]
-            history_rows = await repo.recent_history(
-                conn, conversation_id=conversation_id, limit=_HISTORY_ROWS
-            )
-            user_msg = await repo.insert_user_message(
-                conn,
-                conversation_id=conversation_id,
-                user_id=user.user_id,
-                content=question,
-                client_message_id=req.client_message_id,
-            )
-            if user_msg is None:
-                # A concurrent request with the same client_message_id won the insert.
-                assert req.client_message_id is not None
-                existing = await repo.find_turn_by_client_id(
+            async with self.pool.acquire() as conn, conn.transaction():
+                history_rows = await repo.recent_history(
+                    conn, conversation_id=conversation_id, limit=_HISTORY_ROWS
+                )
+                user_msg = await repo.insert_user_message(
                     conn,
                     conversation_id=conversation_id,
+                    user_id=user.user_id,
+                    content=question,
                     client_message_id=req.client_message_id,
                 )
-                assert existing is not None
-                if self.limiter is not None:
-                    await self.limiter.release_stream(user.user_id, str(message_id))
-                return self._replayed(conversation_id, existing[1])
-            await repo.insert_assistant_message(
-                conn,
-                message_id=message_id,
-                conversation_id=conversation_id,
-                user_id=user.user_id,
-                reply_to=user_msg["id"],
-                provider=self.provider.name,
-                model=self.provider.model,
-                sources=sources,
-            )
-            await repo.touch_conversation(conn, conversation_id=conversation_id)
+                if user_msg is None:
+                    # A concurrent request with the same client_message_id won the insert.
+                    assert req.client_message_id is not None
+                    existing = await repo.find_turn_by_client_id(
+                        conn,
+                        conversation_id=conversation_id,
+                        client_message_id=req.client_message_id,
+                    )
+                    assert existing is not None
+                    if self.limiter is not None:
+                        await self.limiter.release_stream(user.user_id, str(message_id))
+                    return self._replayed(conversation_id, existing[1])
+                await repo.insert_assistant_message(
+                    conn,
+                    message_id=message_id,
+                    conversation_id=conversation_id,
+                    user_id=user.user_id,
+                    reply_to=user_msg["id"],
+                    provider=self.provider.name,
+                    model=self.provider.model,
+                    sources=sources,
+                )
+                await repo.touch_conversation(conn, conversation_id=conversation_id)
 
         turns = (
             list(req.history)
@@ -290,7 +302,7 @@ class ChatService:
                     last_chunk_at = now
                     parts.append(chunk)
                     pending.append(chunk)
-                    self.partials.mark(message_id, "".join(parts))
+                    self.partials.mark(message_id, parts)
                     if now - last_emit >= coalesce_s:
                         flush()
                     elif flush_handle is None:

@@ -1,7 +1,8 @@
 """Batched persistence of partial answers.
 
-Streams mark their message dirty with the text so far; one task writes every dirty
-message in a single `executemany` per interval. Postgres sees a few statements per
+Streams mark their message dirty with the list of chunks so far (joined only when
+written, not on every chunk); one task writes every dirty message in a single
+`executemany` per interval. Postgres sees a few statements per
 second however many streams run, never one per chunk.
 """
 
@@ -21,12 +22,13 @@ class PartialWriter:
     def __init__(self, pool: asyncpg.Pool, *, interval_s: float) -> None:
         self._pool = pool
         self._interval = interval_s
-        self._dirty: dict[uuid.UUID, str] = {}
+        self._dirty: dict[uuid.UUID, list[str]] = {}
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
 
-    def mark(self, message_id: uuid.UUID, content: str) -> None:
-        self._dirty[message_id] = content
+    def mark(self, message_id: uuid.UUID, parts: list[str]) -> None:
+        """`parts` is the stream's own growing list; the latest text is written."""
+        self._dirty[message_id] = parts
 
     def forget(self, message_id: uuid.UUID) -> None:
         self._dirty.pop(message_id, None)
@@ -52,7 +54,7 @@ class PartialWriter:
                     UPDATE messages SET content = $2, updated_at = now()
                     WHERE id = $1 AND status = 'streaming'
                     """,
-                    list(batch.items()),
+                    [(key, "".join(parts)) for key, parts in batch.items()],
                 )
             self.batches += 1
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):

@@ -111,8 +111,7 @@ ANSWER_MIN, ANSWER_MAX = 1, 6
 CLASSIFIER_FILENAME = "leadership_classifier.skops"
 
 _RELEASE = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end "
-    "return 0"
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
 _EXTEND = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -248,9 +247,12 @@ REPORT_SYSTEM = """당신은 링크코치의 리더십 코치 "그라운더"입�
   팀원 각각과의 시너지, 주의할 점, 함께 일하는 법(대화 예시 한 문장 포함).
 - risk_signals: 리더가 스스로 관찰할 수 있는 위험 신호 3~4개와 각각의 대응 행동."""
 
-REPORT_PROMPT_VERSION = "report-" + hashlib.sha256(
-    (REPORT_SYSTEM + orjson.dumps(REPORT_SCHEMA).decode() + _COMPOSER_REVISION).encode()
-).hexdigest()[:12]
+REPORT_PROMPT_VERSION = (
+    "report-"
+    + hashlib.sha256(
+        (REPORT_SYSTEM + orjson.dumps(REPORT_SCHEMA).decode() + _COMPOSER_REVISION).encode()
+    ).hexdigest()[:12]
+)
 
 # What each follower type needs most from a leader, per dimension (weights sum to 1).
 # A heuristic read from knowledge_base/followership/<type>.md: drivers want challenge and
@@ -302,7 +304,7 @@ def parse_assessment(raw: object) -> Assessment:
     """Validate `assessment`; a ValidationFailed names the offending field."""
     if not isinstance(raw, dict):
         raise ValidationFailed(
-            "assessment: must be an object of dimension scores or {\"answers\": {...}}",
+            'assessment: must be an object of dimension scores or {"answers": {...}}',
             field="assessment",
         )
     if "answers" in raw:
@@ -368,8 +370,9 @@ def _parse_scores(raw: dict[Any, Any]) -> dict[str, float]:
             raise ValidationFailed(f"{name}: missing", field=name)
         value = raw[dim]
         if not _is_number(value) or not math.isfinite(value):
-            raise ValidationFailed(f"{name}: must be a number {SCORE_MIN:g}-{SCORE_MAX:g}",
-                                   field=name)
+            raise ValidationFailed(
+                f"{name}: must be a number {SCORE_MIN:g}-{SCORE_MAX:g}", field=name
+            )
         if not SCORE_MIN <= value <= SCORE_MAX:
             raise ValidationFailed(
                 f"{name}: must be between {SCORE_MIN:g} and {SCORE_MAX:g} (got {value})",
@@ -438,8 +441,10 @@ def _parse_kb_file(root: Path, path: Path) -> KBDocument:
     marks = list(_H2.finditer(body))
     intro = body[: marks[0].start()].strip() if marks else body
     sections = tuple(
-        (m.group(1).strip(), body[m.end() : marks[i + 1].start() if i + 1 < len(marks) else None]
-         .strip())
+        (
+            m.group(1).strip(),
+            body[m.end() : marks[i + 1].start() if i + 1 < len(marks) else None].strip(),
+        )
         for i, m in enumerate(marks)
     )
     return KBDocument(rel, doc.title, doc.category, intro, sections)
@@ -481,16 +486,20 @@ class ReportKnowledge:
                 try:
                     target[t.code] = _parse_kb_file(root, root / rel)
                 except (OSError, ValueError) as exc:
-                    log.warning("knowledge-base file unusable for reports",
-                                extra={"path": rel, "error": str(exc)})
+                    log.warning(
+                        "knowledge-base file unusable for reports",
+                        extra={"path": rel, "error": str(exc)},
+                    )
         for dim, slug in _DIMENSION_SLUGS.items():
             docs = []
             for path in sorted((root / "dimensions").glob(f"{slug}-*.md")):
                 try:
                     docs.append(_parse_kb_file(root, path))
                 except (OSError, ValueError) as exc:
-                    log.warning("knowledge-base file unusable for reports",
-                                extra={"path": str(path), "error": str(exc)})
+                    log.warning(
+                        "knowledge-base file unusable for reports",
+                        extra={"path": str(path), "error": str(exc)},
+                    )
             kb.dimensions[dim] = docs
         return kb
 
@@ -501,8 +510,9 @@ class ReportKnowledge:
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _NUMBERED = re.compile(r"^\s*\d+\.\s+(.+)$", re.MULTILINE)
 _BULLET = re.compile(r"^\s*[-*]\s+(.+)$", re.MULTILINE)
-_GROWTH = re.compile(r"^\*\*(?P<dim>[^*—-]+?)\s*[—-]\s*(?P<head>[^*]+?)\*\*\s*(?P<body>.+)$",
-                     re.MULTILINE)
+_GROWTH = re.compile(
+    r"^\*\*(?P<dim>[^*—-]+?)\s*[—-]\s*(?P<head>[^*]+?)\*\*\s*(?P<body>.+)$", re.MULTILINE
+)
 _PAIRING = re.compile(
     r"^(?P<lead>.*?)시너지:\s*(?P<synergy>.*?)\s*주의:\s*(?P<caution>.*?)\s*"
     r"함께 일하는 법:\s*(?P<how>.*?)\s*(?:한마디:\s*(?P<say>.*))?$",
@@ -709,9 +719,7 @@ def compose_offline(
     candidates = coaching_items + growth_actions
     used: set[int] = set()
     risk_signals = [
-        RiskSignal(signal=s, action=_best_match(s, candidates, used))
-        for s in signals
-        if candidates
+        RiskSignal(signal=s, action=_best_match(s, candidates, used)) for s in signals if candidates
     ] or [
         RiskSignal(
             signal=f"팀원이 {_dimension_order(t.code, scores)[0]} 차원에서 불편을 말하기 시작한다",
@@ -996,9 +1004,7 @@ class ReportService:
         if ttl_ms <= 0:
             return
         try:
-            await self.redis.set(
-                self._hot_key(inputs), dumps({**data, "cached": True}), px=ttl_ms
-            )
+            await self.redis.set(self._hot_key(inputs), dumps({**data, "cached": True}), px=ttl_ms)
         except (RedisError, OSError) as exc:
             self._redis_failed("set", exc)
 
@@ -1133,14 +1139,15 @@ class ReportService:
             return ReportResult(cached=True, data=data), False
         log.info(
             "report generated",
-            extra={"report_id": data["report_id"], "code": leader.code,
-                   "provider": composed.provider},
+            extra={
+                "report_id": data["report_id"],
+                "code": leader.code,
+                "provider": composed.provider,
+            },
         )
         return ReportResult(cached=False, data=data), True
 
-    async def _compose(
-        self, leader: LeadershipType, scores: dict[str, float] | None
-    ) -> _Composed:
+    async def _compose(self, leader: LeadershipType, scores: dict[str, float] | None) -> _Composed:
         normal_ttl = timedelta(days=self.settings.report_ttl_days)
         if self.provider.name != "offline":
             try:
@@ -1169,8 +1176,9 @@ class ReportService:
         report, sources = compose_offline(self.knowledge, leader, scores)
         return _Composed(report, sources, "offline", OFFLINE_MODEL, ttl)
 
-    async def _passages(self, leader: LeadershipType, scores: dict[str, float] | None
-                        ) -> list[PassageLike]:
+    async def _passages(
+        self, leader: LeadershipType, scores: dict[str, float] | None
+    ) -> list[PassageLike]:
         profile = self.knowledge.profiles.get(leader.code)
         pairing = self.knowledge.pairings.get(leader.code)
         focus = _dimension_order(leader.code, scores)[0]
@@ -1179,16 +1187,22 @@ class ReportService:
                 found = await asyncio.gather(
                     self.retriever.search(
                         f"{leader.name} 리더 프로필 강점 리스크 코칭 포인트",
-                        leadership_type=leader.code, k=6, categories=["leadership_types"],
+                        leadership_type=leader.code,
+                        k=6,
+                        categories=["leadership_types"],
                     ),
                     self.retriever.search(
                         f"{leader.name} 리더와 팔로워 유형별 협업",
-                        leadership_type=leader.code, k=6, categories=["followership"],
+                        leadership_type=leader.code,
+                        k=6,
+                        categories=["followership"],
                         followership_types=list(FOLLOWERSHIP_TYPES),
                     ),
                     self.retriever.search(
                         f"{focus} 차원 높음과 낮음, 개발 방법",
-                        leadership_type=None, k=3, categories=["dimensions"],
+                        leadership_type=None,
+                        k=3,
+                        categories=["dimensions"],
                     ),
                 )
                 passages = [p for group in found for p in group]
@@ -1196,8 +1210,10 @@ class ReportService:
                     return passages
             except Exception as exc:  # noqa: BLE001 - the files below are a full substitute
                 self.metrics.degraded.labels("retrieval").inc()
-                log.warning("retrieval failed for a report; using the knowledge-base files",
-                            extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
+                log.warning(
+                    "retrieval failed for a report; using the knowledge-base files",
+                    extra={"error": f"{type(exc).__name__}: {exc}"[:200]},
+                )
         passages_kb: list[PassageLike] = []
         for doc in (profile, pairing):
             if doc is not None:
@@ -1238,8 +1254,7 @@ class ReportService:
         except ValidationError as exc:
             self.metrics.llm_errors.labels(self.provider.name, "invalid_json").inc()
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '$'}: {e['msg']}"
-                for e in exc.errors()[:8]
+                f"{'.'.join(str(p) for p in e['loc']) or '$'}: {e['msg']}" for e in exc.errors()[:8]
             )
             repair = (
                 f"{prompt}\n\n이전 응답이 스키마에 맞지 않았습니다({problems}). "
@@ -1280,8 +1295,10 @@ class ReportService:
         text, usage = await self.provider.generate_json(
             system=system, prompt=prompt, schema=REPORT_SCHEMA
         )
-        for kind, value in (("prompt", usage.prompt_tokens),
-                            ("completion", usage.completion_tokens)):
+        for kind, value in (
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+        ):
             if value:
                 self.metrics.tokens.labels(self.provider.name, kind).inc(value)
         return text

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -48,6 +48,15 @@ class StreamEvent:
     id: int
     event: str
     data: dict[str, Any]
+    # `data` as JSON, encoded once and shared by the Redis log and every SSE reader.
+    raw: bytes | None = field(default=None, compare=False, repr=False)
+
+    def encoded(self) -> bytes:
+        raw = self.raw
+        if raw is None:
+            raw = orjson.dumps(self.data, option=orjson.OPT_NON_STR_KEYS)
+            object.__setattr__(self, "raw", raw)
+        return raw
 
     @property
     def terminal(self) -> bool:
@@ -97,7 +106,7 @@ class StreamHub:
         prefix: str,
         ttl_s: int,
         max_events: int,
-        flush_interval_s: float = 0.01,
+        flush_interval_s: float = 0.025,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -258,7 +267,6 @@ class StreamHub:
         if not self._outbox:
             return
         batch, self._outbox = self._outbox, []
-        touched: set[str] = set()
         pipe = self.redis.pipeline(transaction=False)
         for message_id, ev in batch:
             if ev.event == "_live":
@@ -270,14 +278,15 @@ class StreamHub:
             key = self._events_key(message_id)
             pipe.xadd(
                 key,
-                {"e": ev.event, "d": orjson.dumps(ev.data)},
+                {"e": ev.event, "d": ev.encoded()},
                 id=f"0-{ev.id}",
                 maxlen=self.max_events,
                 approximate=True,
             )
-            touched.add(key)
-        for key in touched:
-            pipe.expire(key, self.ttl_s)
+            # The TTL is set when the log starts, renewed by the heartbeat while the job
+            # runs, and set again at its end: not once per batch.
+            if ev.id == 1 or ev.terminal:
+                pipe.expire(key, self.ttl_s)
         try:
             await pipe.execute(raise_on_error=False)
         except (RedisError, OSError):
@@ -302,7 +311,8 @@ class StreamHub:
                 pipe = self.redis.pipeline(transaction=False)
                 for message_id in live:
                     pipe.set(self._live_key(message_id), b"1", ex=_LIVE_TTL_S)
-                await pipe.execute()
+                    pipe.expire(self._events_key(message_id), self.ttl_s)
+                await pipe.execute(raise_on_error=False)
             except (RedisError, OSError):
                 self.redis_failures += 1
 
@@ -335,9 +345,10 @@ def _decode(entry_id: bytes | str, fields: dict[Any, Any]) -> StreamEvent:
     raw_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     event = fields.get(b"e", fields.get("e"))
     data = fields.get(b"d", fields.get("d"))
+    raw = data if isinstance(data, bytes) else (data or "{}").encode()
     return StreamEvent(
         int(raw_id.split("-", 1)[1]),
         event.decode() if isinstance(event, bytes) else str(event),
-        orjson.loads(data) if data else {},
+        orjson.loads(raw) if raw else {},
+        raw or None,
     )
-

@@ -43,6 +43,55 @@ async def create_conversation(
     return row
 
 
+async def start_conversation(
+    conn: asyncpg.Connection,
+    *,
+    conversation_id: uuid.UUID,
+    user_id: str,
+    report_id: uuid.UUID | None,
+    title: str | None,
+    leadership_type: str | None,
+    question: str,
+    client_message_id: str | None,
+    assistant_id: uuid.UUID,
+    provider: str,
+    model: str | None,
+    sources: list[dict[str, Any]],
+) -> None:
+    """A new conversation with its first user message and the `streaming` reply, in one
+    statement (one round trip, one implicit transaction). The reply's insert reads the
+    user message's row, so the user message is numbered first."""
+    await conn.execute(
+        """
+        WITH c AS (
+            INSERT INTO conversations (id, user_id, report_id, title, leadership_type)
+            VALUES ($1, $2, $3, $4, $5)
+            RETURNING id
+        ), u AS (
+            INSERT INTO messages (id, conversation_id, user_id, role, content, status,
+                                  client_message_id)
+            SELECT $6, c.id, $2, 'user', $7, 'complete', $8 FROM c
+            RETURNING id
+        )
+        INSERT INTO messages (id, conversation_id, user_id, role, content, status, reply_to,
+                              provider, model, sources)
+        SELECT $9, c.id, $2, 'assistant', '', 'streaming', u.id, $10, $11, $12 FROM c, u
+        """,
+        conversation_id,
+        user_id,
+        report_id,
+        title,
+        leadership_type,
+        uuid.uuid4(),
+        question,
+        client_message_id,
+        assistant_id,
+        provider,
+        model,
+        sources,
+    )
+
+
 async def get_conversation(
     conn: asyncpg.Connection, *, conversation_id: uuid.UUID, user_id: str
 ) -> asyncpg.Record:
