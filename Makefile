@@ -19,6 +19,10 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+bench: install
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python benchmarks/streams.py $(ARGS)
+
 lint: install
 	$(BIN)/ruff check linkcoach_stream tests
 	$(BIN)/mypy linkcoach_stream

@@ -98,6 +98,7 @@ class Settings:
     rate_auth_failures_per_min: float = 30.0
     max_streams_per_user: int = 3
     retrieval_enabled: bool = True
+    rag_embed_cpu_share: float = 0.5
 
     api_log_queue_size: int = 10_000
     api_log_batch_size: int = 500
@@ -133,6 +134,8 @@ class Settings:
                 raise ConfigError("each LINKCOACH_API_KEYS entry must be at least 16 characters")
         if self.provider_name not in {"gemini", "offline"}:
             raise ConfigError("LLM_PROVIDER must be 'gemini' or 'offline'")
+        if not 0.0 <= self.rag_embed_cpu_share <= 1.0:
+            raise ConfigError("RAG_EMBED_CPU_SHARE must be between 0 and 1")
         if self.gemini_stream_transport not in {"direct", "sdk"}:
             raise ConfigError("GEMINI_STREAM_TRANSPORT must be 'direct' or 'sdk'")
         if self.provider_name == "gemini" and not self.gemini_api_key:
@@ -220,5 +223,6 @@ class Settings:
             ),
             max_streams_per_user=int(num("MAX_STREAMS_PER_USER", d.max_streams_per_user)),
             retrieval_enabled=_bool(get("RETRIEVAL_ENABLED", "true") or "true"),
+            rag_embed_cpu_share=num("RAG_EMBED_CPU_SHARE", d.rag_embed_cpu_share),
             extra={k: v for k in ("RAG_EMBEDDER",) if (v := get(k))},
         ).validate()

@@ -59,6 +59,13 @@ class Metrics:
             "API log entries dropped (queue full or DB down)",
             registry=r,
         )
+        self.retrieval_searches = Gauge(
+            "linkcoach_retrieval_searches",
+            "Knowledge-base searches since start: hybrid, or lexical only because the "
+            "query embedder was saturated",
+            ["mode"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "linkcoach_rate_limited_total",
             "Requests refused by a rate limit",

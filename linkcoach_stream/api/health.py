@@ -60,6 +60,11 @@ async def ready(request: Request) -> JSON:
 async def metrics(request: Request) -> Response:
     state = request.state
     state.metrics.api_log_dropped.set(state.apilog.dropped)
+    retriever = state.retriever
+    if retriever is not None:
+        searches = state.metrics.retrieval_searches
+        searches.labels("hybrid").set(retriever.hybrid_searches)
+        searches.labels("lexical_shed").set(retriever.shed_searches)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -104,6 +105,8 @@ class E5Embedder:
 
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e5")
+        # CPU time the embedding thread spent on queries (read by the retriever's budget).
+        self.cpu_seconds = 0.0
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -114,7 +117,11 @@ class E5Embedder:
         return _normalise(e5_model().passage(list(texts)))
 
     def query_sync(self, text: str) -> Vector:
-        return _normalise(e5_model().query(text))
+        started = time.thread_time()
+        try:
+            return _normalise(e5_model().query(text))
+        finally:
+            self.cpu_seconds += time.thread_time() - started
 
     async def embed_passages(self, texts: Sequence[str]) -> Matrix:
         parts = [

@@ -205,6 +205,30 @@ def _zscore(values: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.asarray((values - values.mean()) / std, dtype=np.float32)
 
 
+class _CpuBudget:
+    """A token bucket of CPU seconds: refills at `share` seconds per second, holds at
+    most two seconds' worth, and is charged with the CPU time the embedder reports."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self._cap = 2.0 * share
+        self._level = self._cap
+        self._at = time.monotonic()
+        self._seen: float | None = None
+
+    def allows(self, cpu_seconds: float | None) -> bool:
+        if self.share >= 1.0 or cpu_seconds is None:
+            return True  # one thread cannot use more than a core anyway
+        if self.share <= 0.0:
+            return False
+        now = time.monotonic()
+        spent = 0.0 if self._seen is None else cpu_seconds - self._seen
+        self._seen = cpu_seconds
+        self._level = min(self._cap, self._level + (now - self._at) * self.share - spent)
+        self._at = now
+        return self._level > 0.0
+
+
 class Retriever:
     def __init__(
         self,
@@ -219,6 +243,7 @@ class Retriever:
         max_per_doc: int = 2,
         refresh_interval_s: float = 30.0,
         max_embed_queue: int = 8,
+        embed_cpu_share: float = 1.0,
     ) -> None:
         self._client = client
         self._collection = collection
@@ -239,6 +264,8 @@ class Retriever:
         self.max_embed_queue = max_embed_queue
         self._embeds_waiting = 0
         self.shed_searches = 0
+        self.hybrid_searches = 0
+        self._budget = _CpuBudget(embed_cpu_share)
 
     @property
     def collection_name(self) -> str:
@@ -409,14 +436,18 @@ class Retriever:
         return self._top(mirror, cand, fused, k)
 
     async def _embed_query_or_shed(self, text: str) -> NDArray[np.float32] | None:
-        """The query vector, or None when too many queries already wait for the one
-        embedding thread: under a burst, ranking falls back to the lexical score alone
-        (hit@3 0.85 against 0.91 hybrid on the eval set) instead of making every
-        answer's first chunk wait in line."""
-        if self._embeds_waiting >= self.max_embed_queue:
+        """The query vector, or None when the embedder is saturated: ranking then falls
+        back to the lexical score alone (hit@3 0.85 against 0.91 hybrid on the eval set)
+        instead of making every answer's first chunk wait in line or the embedding
+        thread take the CPU the streams need. Saturated means too many queries already
+        wait for the one embedding thread, or (for an embedder that reports its CPU
+        time) it has used up its share of a core (`RAG_EMBED_CPU_SHARE`)."""
+        cpu = getattr(self.embedder, "cpu_seconds", None)
+        if self._embeds_waiting >= self.max_embed_queue or not self._budget.allows(cpu):
             self.shed_searches += 1
             return None
         self._embeds_waiting += 1
+        self.hybrid_searches += 1
         try:
             return await self.embedder.embed_query(text)
         finally:
@@ -649,6 +680,7 @@ async def open_retriever(
         client = await asyncio.to_thread(make_chroma_client, settings)
         name = _collection_name(settings, embedder)
         collection = await asyncio.to_thread(_open_collection, client, name, embedder)
+        options.setdefault("embed_cpu_share", settings.rag_embed_cpu_share)
         retriever = Retriever(client, collection, embedder, **options)
         retriever.vector_cache = await asyncio.to_thread(
             VectorCache.load, vector_cache_path(settings, embedder)

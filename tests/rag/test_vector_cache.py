@@ -57,3 +57,48 @@ async def test_a_burst_of_searches_sheds_to_lexical_ranking(tmp_path: Path) -> N
     for passages in results:
         assert passages, "every search answers, shed or not"
         assert any("participative-vision" in p.path for p in passages)
+
+
+async def test_query_embedding_stays_within_its_cpu_share(tmp_path: Path) -> None:
+    import asyncio
+
+    from linkcoach_stream.config import Settings
+    from linkcoach_stream.rag.retriever import _CpuBudget, open_retriever
+
+    settings = Settings(
+        data_dir=tmp_path, knowledge_base_dir=ROOT / "knowledge_base", models_dir=ROOT / "models"
+    )
+    retriever = await open_retriever(settings)
+    question = "팀원에게 피드백을 어떻게 줘야 할까요"
+    try:
+        # A full core: every sequential search embeds its query.
+        retriever._budget = _CpuBudget(1.0)
+        before = retriever.hybrid_searches
+        for _ in range(4):
+            await retriever.search(question, k=3)
+        assert retriever.hybrid_searches - before == 4
+
+        # No share at all: lexical ranking only, and still an answer.
+        retriever._budget = _CpuBudget(0.0)
+        shed = retriever.shed_searches
+        assert await retriever.search(question, k=3)
+        assert retriever.shed_searches == shed + 1
+
+        # A small share: the embedder's CPU time (tens of ms a query) soon uses up the
+        # 2-second bucket, later searches go lexical, and the share refills with time.
+        share = 0.02
+        retriever._budget = _CpuBudget(share)
+        hybrid, shed = retriever.hybrid_searches, retriever.shed_searches
+        for _ in range(12):
+            assert await retriever.search(question, k=3)
+        embedded = retriever.hybrid_searches - hybrid
+        assert 1 <= embedded < 12
+        assert retriever.shed_searches - shed == 12 - embedded
+        spent = retriever.embedder.cpu_seconds  # type: ignore[attr-defined]
+        assert spent > 0
+        await asyncio.sleep(3.0)  # refills 3 * share CPU-seconds, more than one query costs
+        hybrid = retriever.hybrid_searches
+        await retriever.search(question, k=3)
+        assert retriever.hybrid_searches == hybrid + 1
+    finally:
+        await retriever.close()
