@@ -99,6 +99,7 @@ class Settings:
     max_streams_per_user: int = 3
     retrieval_enabled: bool = True
     rag_embed_cpu_share: float = 0.5
+    rag_embed_max_loop_lag_ms: float = 25.0
 
     api_log_queue_size: int = 10_000
     api_log_batch_size: int = 500
@@ -224,5 +225,6 @@ class Settings:
             max_streams_per_user=int(num("MAX_STREAMS_PER_USER", d.max_streams_per_user)),
             retrieval_enabled=_bool(get("RETRIEVAL_ENABLED", "true") or "true"),
             rag_embed_cpu_share=num("RAG_EMBED_CPU_SHARE", d.rag_embed_cpu_share),
+            rag_embed_max_loop_lag_ms=num("RAG_EMBED_MAX_LOOP_LAG_MS", d.rag_embed_max_loop_lag_ms),
             extra={k: v for k in ("RAG_EMBEDDER",) if (v := get(k))},
         ).validate()

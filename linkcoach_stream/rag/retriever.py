@@ -229,6 +229,36 @@ class _CpuBudget:
         return self._level > 0.0
 
 
+class _LoopLag:
+    """How late this event loop runs: a timer every 50 ms notes its own delay; the
+    figure rises at once and decays by a fifth per tick. Started on first use."""
+
+    interval_s = 0.05
+
+    def __init__(self) -> None:
+        self._lag = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def lag_s(self, loop: asyncio.AbstractEventLoop) -> float:
+        if self._task is None:
+            self._task = loop.create_task(self._watch(), name="loop-lag")
+        return self._lag
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(self.interval_s)
+            late = loop.time() - started - self.interval_s
+            self._lag = max(late, self._lag * 0.8)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+
 class Retriever:
     def __init__(
         self,
@@ -244,6 +274,7 @@ class Retriever:
         refresh_interval_s: float = 30.0,
         max_embed_queue: int = 8,
         embed_cpu_share: float = 1.0,
+        embed_max_loop_lag_s: float | None = None,
     ) -> None:
         self._client = client
         self._collection = collection
@@ -266,6 +297,8 @@ class Retriever:
         self.shed_searches = 0
         self.hybrid_searches = 0
         self._budget = _CpuBudget(embed_cpu_share)
+        self._lag = _LoopLag() if embed_max_loop_lag_s is not None else None
+        self.embed_max_loop_lag_s = embed_max_loop_lag_s or 0.0
 
     @property
     def collection_name(self) -> str:
@@ -296,6 +329,8 @@ class Retriever:
         return self._background
 
     async def close(self) -> None:
+        if self._lag is not None:
+            await self._lag.stop()
         for task in (self._background, self._reload_task):
             if task is not None and not task.done():
                 # Safe to cut: batches are upserted by content id, the next ingest resumes.
@@ -441,9 +476,16 @@ class Retriever:
         instead of making every answer's first chunk wait in line or the embedding
         thread take the CPU the streams need. Saturated means too many queries already
         wait for the one embedding thread, or (for an embedder that reports its CPU
-        time) it has used up its share of a core (`RAG_EMBED_CPU_SHARE`)."""
+        time) it has used up its share of a core (`RAG_EMBED_CPU_SHARE`), or this
+        process is short of CPU: its event loop runs late (`RAG_EMBED_MAX_LOOP_LAG_MS`),
+        so an embedding would slow every open stream."""
         cpu = getattr(self.embedder, "cpu_seconds", None)
-        if self._embeds_waiting >= self.max_embed_queue or not self._budget.allows(cpu):
+        starved = (
+            self._lag is not None
+            and cpu is not None
+            and self._lag.lag_s(asyncio.get_running_loop()) > self.embed_max_loop_lag_s
+        )
+        if starved or self._embeds_waiting >= self.max_embed_queue or not self._budget.allows(cpu):
             self.shed_searches += 1
             return None
         self._embeds_waiting += 1
@@ -681,6 +723,8 @@ async def open_retriever(
         name = _collection_name(settings, embedder)
         collection = await asyncio.to_thread(_open_collection, client, name, embedder)
         options.setdefault("embed_cpu_share", settings.rag_embed_cpu_share)
+        if settings.rag_embed_max_loop_lag_ms > 0:
+            options.setdefault("embed_max_loop_lag_s", settings.rag_embed_max_loop_lag_ms / 1000)
         retriever = Retriever(client, collection, embedder, **options)
         retriever.vector_cache = await asyncio.to_thread(
             VectorCache.load, vector_cache_path(settings, embedder)

@@ -69,6 +69,7 @@ async def test_query_embedding_stays_within_its_cpu_share(tmp_path: Path) -> Non
         data_dir=tmp_path, knowledge_base_dir=ROOT / "knowledge_base", models_dir=ROOT / "models"
     )
     retriever = await open_retriever(settings)
+    retriever._lag = None  # the loop-lag rule has its own test
     question = "팀원에게 피드백을 어떻게 줘야 할까요"
     try:
         # A full core: every sequential search embeds its query.
@@ -97,6 +98,43 @@ async def test_query_embedding_stays_within_its_cpu_share(tmp_path: Path) -> Non
         spent = retriever.embedder.cpu_seconds  # type: ignore[attr-defined]
         assert spent > 0
         await asyncio.sleep(3.0)  # refills 3 * share CPU-seconds, more than one query costs
+        hybrid = retriever.hybrid_searches
+        await retriever.search(question, k=3)
+        assert retriever.hybrid_searches == hybrid + 1
+    finally:
+        await retriever.close()
+
+
+async def test_query_embedding_is_shed_while_the_event_loop_runs_late(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from linkcoach_stream.config import Settings
+    from linkcoach_stream.rag.retriever import _CpuBudget, _LoopLag, open_retriever
+
+    settings = Settings(
+        data_dir=tmp_path, knowledge_base_dir=ROOT / "knowledge_base", models_dir=ROOT / "models"
+    )
+    retriever = await open_retriever(settings)
+    question = "팀원에게 피드백을 어떻게 줘야 할까요"
+    try:
+        retriever._budget = _CpuBudget(1.0)
+        await retriever._lag.stop()  # type: ignore[union-attr]
+        retriever._lag = _LoopLag()
+        retriever.embed_max_loop_lag_s = 0.05
+        retriever._lag.lag_s(asyncio.get_running_loop())
+        await asyncio.sleep(0.2)
+        hybrid = retriever.hybrid_searches
+        await retriever.search(question, k=3)
+        assert retriever.hybrid_searches == hybrid + 1, "a punctual loop embeds"
+
+        time.sleep(0.3)  # hold the event loop, as a CPU-starved process does
+        await asyncio.sleep(0.06)
+        shed = retriever.shed_searches
+        assert await retriever.search(question, k=3)
+        assert retriever.shed_searches == shed + 1
+
+        await asyncio.sleep(1.0)  # the lag figure decays once the loop is punctual again
         hybrid = retriever.hybrid_searches
         await retriever.search(question, k=3)
         assert retriever.hybrid_searches == hybrid + 1
