@@ -392,6 +392,21 @@ def questions() -> list[str]:
 # --------------------------------------------------------------------------- runs
 
 
+def retrieval_counts(url: str) -> dict[str, float]:
+    """The full server's `linkcoach_retrieval_searches` by mode (empty for the baseline
+    or with retrieval off)."""
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("linkcoach_retrieval_searches{"):
+            mode = line.split('mode="', 1)[1].split('"', 1)[0]
+            counts[mode] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def measured_run(b: Bench, kind: str, level: int, repeat: int) -> dict[str, Any]:
     svc = b.start(kind)
     try:
@@ -399,6 +414,7 @@ def measured_run(b: Bench, kind: str, level: int, repeat: int) -> dict[str, Any]
         b.warm(svc, token)
         time.sleep(1.0)
         b.emu_reset()
+        searches_before = retrieval_counts(svc.url) if kind == "full" else {}
         before = h.loadavg()
         proc, out = b.loadtest(
             [svc.url],
@@ -425,8 +441,12 @@ def measured_run(b: Bench, kind: str, level: int, repeat: int) -> dict[str, Any]
         usage["machine"] = machine_busy(cpu0, psutil.cpu_times(), usage)
         load = json.loads(out.read_text())
         stats = b.emu_stats()
+        searches_after = retrieval_counts(svc.url) if kind == "full" else {}
     finally:
         b.stop(svc)
+    searches = {
+        mode: searches_after[mode] - searches_before.get(mode, 0.0) for mode in searches_after
+    }
     record = {
         "kind": kind,
         "level": level,
@@ -443,6 +463,7 @@ def measured_run(b: Bench, kind: str, level: int, repeat: int) -> dict[str, Any]
         },
         "loadavg_before": before,
         "loadavg_after": h.loadavg(),
+        "retrieval": searches,
     }
     lt = load
     h.log(
@@ -801,7 +822,17 @@ FIGURES: list[tuple[str, str, Any]] = [
         lambda r: r["usage"].get("machine", {}).get("others_cpu_s"),
     ),
     ("wall_s", "load run wall time (s)", lambda r: r["wall_s"]),
+    (
+        "hybrid_share",
+        "searches ranked with the e5 query vector (rest lexical, shed)",
+        lambda r: _hybrid_share(r.get("retrieval") or {}),
+    ),
 ]
+
+
+def _hybrid_share(searches: dict[str, float]) -> float | None:
+    total = sum(searches.values())
+    return round(searches.get("hybrid", 0.0) / total, 3) if total else None
 
 
 def summarise(

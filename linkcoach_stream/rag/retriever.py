@@ -205,6 +205,10 @@ def _zscore(values: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.asarray((values - values.mean()) / std, dtype=np.float32)
 
 
+# Up to this many chunks the lexical score is computed on the event loop.
+_INLINE_LEXICAL_MAX = 5000
+
+
 class _CpuBudget:
     """A token bucket of CPU seconds: refills at `share` seconds per second, holds at
     most two seconds' worth, and is charged with the CPU time the embedder reports."""
@@ -427,8 +431,13 @@ class Retriever:
                 return []
         n_dense = min(self.candidates, len(mirror))
         where = {"category": {"$in": list(cats)}} if cats is not None else None
-        if qvec is None:
-            dense_ids: list[str] = []
+        dense_ids: list[str] = []
+        if len(mirror) <= _INLINE_LEXICAL_MAX:
+            # ~0.1 ms at the shipped corpus size: cheaper than a hop to a thread.
+            lexical = mirror.lexical.scores(text)
+            if qvec is not None:
+                dense_ids = await asyncio.to_thread(self._dense_ids, qvec, n_dense, where)
+        elif qvec is None:
             lexical = await asyncio.to_thread(mirror.lexical.scores, text)
         else:
             dense_ids, lexical = await asyncio.gather(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -142,3 +143,18 @@ async def test_gemini_embedder_batches_through_google_genai_against_the_emulator
         assert await r.search("SBI 피드백 모델", k=2)
     finally:
         await r.close()
+
+
+def test_lexical_scores_match_scikit_learns_tfidf_transform() -> None:
+    from linkcoach_stream.rag.documents import load_corpus
+    from linkcoach_stream.rag.embedders import LexicalIndex
+
+    corpus = load_corpus(Path(__file__).resolve().parents[2] / "knowledge_base")
+    index = LexicalIndex([c.id for c in corpus.chunks], [c.text for c in corpus.chunks])
+    queries = ["팀원들이 제가 어렵대요. 말 걸기 무섭다는데 어떻게 하죠?", "OKR 1:1 피드백", "x", ""]
+    for query in queries:
+        reference = index._vectorizer.transform([query]).toarray().ravel()
+        expected = np.asarray(index._matrix @ reference, dtype=np.float32)  # type: ignore[operator]
+        got = index.scores(query)
+        assert got.shape == (len(corpus.chunks),)
+        assert np.allclose(got, expected, atol=1e-6)
