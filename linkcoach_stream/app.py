@@ -226,7 +226,13 @@ async def open_retrieval(settings: Settings) -> Any:
         return None
     from .rag.retriever import open_retriever
 
-    return await open_retriever(settings)
+    # The server sheds query embeddings under load; offline tools (ingest, eval) never do.
+    lag_ms = settings.rag_embed_max_loop_lag_ms
+    return await open_retriever(
+        settings,
+        embed_cpu_share=settings.rag_embed_cpu_share,
+        embed_max_loop_lag_s=lag_ms / 1000 if lag_ms > 0 else None,
+    )
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -731,9 +731,6 @@ async def open_retriever(
         client = await asyncio.to_thread(make_chroma_client, settings)
         name = _collection_name(settings, embedder)
         collection = await asyncio.to_thread(_open_collection, client, name, embedder)
-        options.setdefault("embed_cpu_share", settings.rag_embed_cpu_share)
-        if settings.rag_embed_max_loop_lag_ms > 0:
-            options.setdefault("embed_max_loop_lag_s", settings.rag_embed_max_loop_lag_ms / 1000)
         retriever = Retriever(client, collection, embedder, **options)
         retriever.vector_cache = await asyncio.to_thread(
             VectorCache.load, vector_cache_path(settings, embedder)

@@ -30,6 +30,14 @@ async def test_streamed_answer_lists_and_cites_retrieved_sources(rag_server: Run
         ) as r:
             events = await read_sse(r)
         ready = await client.get("/ready")
+        metrics = (await client.get("/metrics")).text
+    searches = {
+        line.split('mode="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("linkcoach_retrieval_searches{")
+    }
+    assert set(searches) == {"hybrid", "lexical_shed"}
+    assert sum(searches.values()) >= 1, "the turn's search is counted"
     meta = events[0].data
     assert meta["sources"], "meta lists the retrieved sources"
     for source in meta["sources"]:
