@@ -253,7 +253,9 @@ class GeminiProvider:
         contents.append(
             {"role": "user", "parts": [{"text": user_message(prompt.question, prompt.passages)}]}
         )
-        return orjson.dumps(
+        # Kept for retries while the answer streams: an exact-size copy, not orjson's
+        # larger output buffer.
+        body = orjson.dumps(
             {
                 "contents": contents,
                 "systemInstruction": {"parts": [{"text": prompt.system}]},
@@ -263,6 +265,7 @@ class GeminiProvider:
                 },
             }
         )
+        return bytes(memoryview(body))
 
     async def _direct_parts(self, body: bytes) -> AsyncGenerator[_Part, None]:
         """One request over `:streamGenerateContent?alt=sse`, parsed without the SDK."""

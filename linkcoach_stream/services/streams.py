@@ -54,7 +54,9 @@ class StreamEvent:
     def encoded(self) -> bytes:
         raw = self.raw
         if raw is None:
-            raw = orjson.dumps(self.data, option=orjson.OPT_NON_STR_KEYS)
+            # orjson hands back its whole output buffer (4 KB for a 200-byte event);
+            # an event is kept for the life of its stream, so keep an exact-size copy.
+            raw = bytes(memoryview(orjson.dumps(self.data, option=orjson.OPT_NON_STR_KEYS)))
             object.__setattr__(self, "raw", raw)
         return raw
 
