@@ -90,7 +90,7 @@ def e5_model() -> Any:
 
             # One thread: the server process also runs the event loop, and under load a
             # query took 43-70 ms this way against 170-335 ms with OpenMP on every core
-            # (benchmarks/results/streams-omp-num-threads-1.json). E5_THREADS overrides.
+            # (a streaming benchmark with OMP_NUM_THREADS=1). E5_THREADS overrides.
             _E5_MODEL = E5(num_threads=int(os.environ.get("E5_THREADS", "1")))
         return _E5_MODEL
 
