@@ -231,6 +231,7 @@ def main() -> None:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=2,
+        backlog=4096,  # as `linkcoach serve` (LISTEN_BACKLOG), so bursts compare alike
     )
 
 

@@ -41,6 +41,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
         proxy_headers=True,
+        # Connections waiting to be accepted (uvicorn's default is 2048; the kernel caps
+        # it at net.core.somaxconn): a burst of thousands of new streams on a busy CPU
+        # overflowed 2048 and clients saw connection resets.
+        backlog=settings.listen_backlog,
     )
     return 0
 

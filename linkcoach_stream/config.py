@@ -42,6 +42,7 @@ class Settings:
     app_env: str = "development"
     host: str = "127.0.0.1"
     port: int = 8000
+    listen_backlog: int = 4096
     log_level: str = "info"
 
     data_dir: Path = Path(".linkcoach")
@@ -166,6 +167,7 @@ class Settings:
             app_env=get("APP_ENV", d.app_env) or d.app_env,
             host=get("HOST", d.host) or d.host,
             port=int(num("PORT", d.port)),
+            listen_backlog=int(num("LISTEN_BACKLOG", d.listen_backlog)),
             log_level=(get("LOG_LEVEL", d.log_level) or d.log_level).lower(),
             data_dir=data_dir,
             database_url=get("DATABASE_URL"),
