@@ -1222,6 +1222,9 @@ def variant_title(result: dict[str, Any]) -> str:
         title += ", server env " + " ".join(f"`{k}={v}`" for k, v in cfg["server_env"].items())
     if cfg.get("quick"):
         title += " — quick run (debug)"
+    levels = cfg.get("levels") or []
+    if levels and levels != [100, 500, 1000, 2000]:
+        title += ", " + ", ".join(str(level) for level in levels) + " streams"
     return title
 
 
