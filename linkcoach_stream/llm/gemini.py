@@ -48,12 +48,7 @@ def _classify(exc: BaseException) -> LLMError:
         return exc
     if isinstance(exc, genai_errors.APIError):
         code = int(getattr(exc, "code", 0) or 0)
-        kind = "rate_limited" if code == 429 else f"http_{code}" if code else "api_error"
-        return LLMError(
-            f"Gemini API error {code}: {getattr(exc, 'message', '') or exc}"[:300],
-            kind=kind,
-            retryable=code in _RETRYABLE_STATUS,
-        )
+        return _status_error(code, getattr(exc, "message", "") or str(exc))
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return LLMError("Gemini did not answer in time", kind="timeout", retryable=True)
     if isinstance(exc, httpx.HTTPError | OSError):
@@ -63,19 +58,24 @@ def _classify(exc: BaseException) -> LLMError:
     return LLMError(f"Gemini failed: {type(exc).__name__}", kind="unknown")
 
 
-def _api_error(code: int, body: bytes) -> LLMError:
-    """An error answered in Gemini's `{"error": {"code", "message", "status"}}` shape."""
-    message = ""
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        error = orjson.loads(body)["error"]
-        code = int(error.get("code") or code)
-        message = str(error.get("message") or error.get("status") or "")
+def _status_error(code: int, message: str) -> LLMError:
     kind = "rate_limited" if code == 429 else f"http_{code}" if code else "api_error"
     return LLMError(
         f"Gemini API error {code}: {message or 'no message'}"[:300],
         kind=kind,
         retryable=code in _RETRYABLE_STATUS,
     )
+
+
+def _api_error(code: int, error: Any) -> LLMError:
+    """From Gemini's error object `{"code", "message", "status"}`; `code` is the HTTP
+    status to fall back on (0 mid-stream)."""
+    message = ""
+    if isinstance(error, dict):
+        with contextlib.suppress(ValueError, TypeError):
+            code = int(error.get("code") or code)
+        message = str(error.get("message") or error.get("status") or "")
+    return _status_error(code, message)
 
 
 class _EventReader:
@@ -149,8 +149,7 @@ _Part = tuple[str | None, str | None, Usage | None]
 
 def _event_part(event: dict[str, Any]) -> _Part:
     if "error" in event:
-        error = event["error"] if isinstance(event["error"], dict) else {}
-        raise _api_error(int(error.get("code") or 0), orjson.dumps(event))
+        raise _api_error(0, event["error"])
     text = finish = None
     candidates = event.get("candidates")
     if candidates:
@@ -275,7 +274,11 @@ class GeminiProvider:
             "POST", self._stream_url, content=body, headers=self._headers
         ) as response:
             if response.status_code != 200:
-                raise _api_error(response.status_code, await response.aread())
+                try:
+                    error = orjson.loads(await response.aread()).get("error")
+                except (orjson.JSONDecodeError, AttributeError):
+                    error = None
+                raise _api_error(response.status_code, error)
             reader = _EventReader()
             async for data in response.aiter_bytes():
                 for event in reader.feed(data):

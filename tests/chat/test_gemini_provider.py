@@ -66,38 +66,28 @@ async def test_stream_gives_the_whole_korean_answer_with_usage(
     assert result.usage.completion_tokens
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_client_error_before_the_stream_is_not_retried(
-    settings: Settings, emulator: str, transport: str
-) -> None:
-    p = provider(settings, emulator, transport)
-    before = await emulator_stats(emulator)
-    try:
-        with pytest.raises(LLMError) as caught:
-            await collect(p, "실패 [[emulator:fault=before_first,fault_status=400]]")
-    finally:
-        await p.aclose()
-    after = await emulator_stats(emulator)
-    assert caught.value.kind == "http_400" and not caught.value.retryable
-    calls = lambda s: s["requests"].get("streamGenerateContent", 0)  # noqa: E731
-    assert calls(after) - calls(before) == 1
+async def stream_requests(emulator: str) -> int:
+    return int((await emulator_stats(emulator))["requests"].get("streamGenerateContent", 0))
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_server_error_before_the_first_chunk_is_retried(
-    settings: Settings, emulator: str, transport: str
+@pytest.mark.parametrize(
+    ("status", "retryable", "requests"),
+    [(400, False, 1), (503, True, 2)],  # llm_retries=1 in the test settings
+)
+async def test_error_before_the_first_chunk_is_retried_only_when_retryable(
+    settings: Settings, emulator: str, transport: str, status: int, retryable: bool, requests: int
 ) -> None:
     p = provider(settings, emulator, transport)
-    before = await emulator_stats(emulator)
+    before = await stream_requests(emulator)
     try:
         with pytest.raises(LLMError) as caught:
-            await collect(p, "재시도 [[emulator:fault=before_first,fault_status=503]]")
+            await collect(p, f"실패 [[emulator:fault=before_first,fault_status={status}]]")
     finally:
         await p.aclose()
-    after = await emulator_stats(emulator)
-    assert caught.value.kind == "http_503"
-    calls = lambda s: s["requests"].get("streamGenerateContent", 0)  # noqa: E731
-    assert calls(after) - calls(before) == 2  # llm_retries=1 in the test settings
+    assert caught.value.kind == f"http_{status}"
+    assert caught.value.retryable is retryable
+    assert await stream_requests(emulator) - before == requests
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
