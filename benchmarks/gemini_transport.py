@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from stream_harness import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,12 +36,6 @@ from linkcoach_stream.llm.gemini import GeminiProvider  # noqa: E402
 from linkcoach_stream.llm.prompts import system_instruction  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "gemini_transport.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_ready(url: str) -> None:
