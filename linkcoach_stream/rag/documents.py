@@ -44,7 +44,11 @@ CATEGORIES: tuple[str, ...] = (
     "case_studies",
 )
 REQUIRED_KEYS = frozenset({"title", "category"})
-ALLOWED_KEYS = frozenset({"title", "category", "leadership_types", "followership_types", "tags"})
+ALLOWED_KEYS = frozenset(
+    {"title", "category", "leadership_types", "followership_types", "tags", "example_questions"}
+)
+EXAMPLE_QUESTIONS = (3, 5)
+EXAMPLE_QUESTION_MAX_CHARS = 200
 MIN_CHARS = 160
 MAX_CHARS = 900
 
@@ -67,6 +71,7 @@ class Document:
     followership_types: tuple[str, ...]
     tags: tuple[str, ...]
     body: str
+    example_questions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +189,30 @@ def parse_document(text: str, path: str) -> Document:
     data, body = parse_front_matter(text, path)
     folder = path.split("/", 1)[0] if "/" in path else None
     title, category, codes, followers, tags = validate_front_matter(data, path, folder=folder)
-    return Document(path, title, category, codes, followers, tags, body.strip())
+    examples = validate_example_questions(data.get("example_questions"), path)
+    return Document(path, title, category, codes, followers, tags, body.strip(), examples)
+
+
+def validate_example_questions(value: Any, where: str) -> tuple[str, ...]:
+    """`example_questions`: 3-5 questions in a leader's voice, each one line."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DocumentError(f"{where}: 'example_questions' must be a list of strings")
+    questions = tuple(dict.fromkeys(v.strip() for v in value if v.strip()))
+    low, high = EXAMPLE_QUESTIONS
+    if not low <= len(questions) <= high:
+        raise DocumentError(
+            f"{where}: 'example_questions' needs {low}-{high} distinct questions, "
+            f"got {len(questions)}"
+        )
+    for question in questions:
+        if len(question) > EXAMPLE_QUESTION_MAX_CHARS or "\n" in question:
+            raise DocumentError(
+                f"{where}: each example question must be one line of at most "
+                f"{EXAMPLE_QUESTION_MAX_CHARS} characters: {question[:40]!r}"
+            )
+    return questions
 
 
 _BREAKS: tuple[tuple[str, re.Pattern[str]], ...] = (
