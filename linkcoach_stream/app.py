@@ -224,12 +224,14 @@ async def open_retrieval(settings: Settings) -> Any:
     """The knowledge-base retriever, or None when retrieval is switched off."""
     if not settings.retrieval_enabled:
         return None
+    from .rag.ranking import RankConfig
     from .rag.retriever import open_retriever
 
     # The server sheds query embeddings under load; offline tools (ingest, eval) never do.
     lag_ms = settings.rag_embed_max_loop_lag_ms
     return await open_retriever(
         settings,
+        config=RankConfig(dense_weight=settings.rag_dense_weight),
         embed_cpu_share=settings.rag_embed_cpu_share,
         embed_max_loop_lag_s=lag_ms / 1000 if lag_ms > 0 else None,
     )

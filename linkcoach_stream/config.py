@@ -101,6 +101,7 @@ class Settings:
     retrieval_enabled: bool = True
     rag_embed_cpu_share: float = 0.5
     rag_embed_max_loop_lag_ms: float = 25.0
+    rag_dense_weight: float = 0.0
 
     api_log_queue_size: int = 10_000
     api_log_batch_size: int = 500
@@ -228,5 +229,6 @@ class Settings:
             retrieval_enabled=_bool(get("RETRIEVAL_ENABLED", "true") or "true"),
             rag_embed_cpu_share=num("RAG_EMBED_CPU_SHARE", d.rag_embed_cpu_share),
             rag_embed_max_loop_lag_ms=num("RAG_EMBED_MAX_LOOP_LAG_MS", d.rag_embed_max_loop_lag_ms),
+            rag_dense_weight=num("RAG_DENSE_WEIGHT", d.rag_dense_weight),
             extra={k: v for k in ("RAG_EMBEDDER",) if (v := get(k))},
         ).validate()

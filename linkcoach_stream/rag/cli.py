@@ -2,7 +2,9 @@
 
 Both write to stdout with `sys.stdout.write` (never print) and return an exit code.
 `eval_main` prints one line per miss and, as its last line, a JSON object
-`{"hit_at_k", "n", "k"}` so scripts can read the figure with `tail -n 1`.
+`{"hit_at_1", "hit_at_3", "hit_at_5", "mrr", "hit_at_k", "n", "k"}` so scripts can read
+the figures with `tail -n 1`. Ranking is per document (a search returns one passage per
+document), so hit@k asks whether the expected document is among the first k.
 
 Eval file format, one JSON object per line (blank lines and `#` lines skipped):
 `{"question", "leadership_type"?, "expect": {"path"?, "category"?, "leadership_types"?,
@@ -116,36 +118,76 @@ def passage_matches(passage: Passage, expect: Mapping[str, Any]) -> bool:
     return True
 
 
+RANK_DEPTH = 10
+
+
 @dataclass(frozen=True)
 class EvalResult:
-    hits: int
-    n: int
+    """Ranks (1-based; 0 = not in the top `RANK_DEPTH`) of the first matching document."""
+
+    ranks: tuple[int, ...]
     k: int
     misses: tuple[tuple[EvalCase, tuple[str, ...]], ...]
 
     @property
+    def n(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def hits(self) -> int:
+        return self.hits_at(self.k)
+
+    def hits_at(self, k: int) -> int:
+        return sum(1 for r in self.ranks if 0 < r <= k)
+
+    def hit_rate(self, k: int) -> float:
+        return round(self.hits_at(k) / self.n, 4) if self.n else 0.0
+
+    @property
     def hit_at_k(self) -> float:
-        return round(self.hits / self.n, 4) if self.n else 0.0
+        return self.hit_rate(self.k)
+
+    @property
+    def mrr(self) -> float:
+        """Mean reciprocal rank, counting ranks up to `RANK_DEPTH`."""
+        return round(sum(1 / r for r in self.ranks if r) / self.n, 4) if self.n else 0.0
 
     def summary(self) -> dict[str, Any]:
-        return {"hit_at_k": self.hit_at_k, "n": self.n, "k": self.k}
+        return {
+            "hit_at_1": self.hit_rate(1),
+            "hit_at_3": self.hit_rate(3),
+            "hit_at_5": self.hit_rate(5),
+            "mrr": self.mrr,
+            "hit_at_k": self.hit_at_k,
+            "n": self.n,
+            "k": self.k,
+        }
+
+
+def check_paths(cases: Sequence[EvalCase], paths: Sequence[str]) -> None:
+    """Every `expect.path` must name a document: a typo would otherwise count as a miss."""
+    for case in cases:
+        want = case.expect.get("path")
+        if want is not None and not any(str(want) in p for p in paths):
+            raise EvalFileError(f"line {case.line}: expect.path {want!r} matches no document")
 
 
 async def evaluate(retriever: Retriever, cases: Sequence[EvalCase], *, k: int) -> EvalResult:
-    hits = 0
+    """Rank documents for every case; a search returns one passage per document."""
+    ranks: list[int] = []
     misses: list[tuple[EvalCase, tuple[str, ...]]] = []
     for case in cases:
         passages = await retriever.search(
             case.question,
             leadership_type=case.leadership_type,
             followership_types=case.followership_types,
-            k=k,
+            k=max(k, RANK_DEPTH),
         )
-        if any(passage_matches(p, case.expect) for p in passages):
-            hits += 1
-        else:
-            misses.append((case, tuple(p.path for p in passages)))
-    return EvalResult(hits, len(cases), k, tuple(misses))
+        rank = next((n for n, p in enumerate(passages, 1) if passage_matches(p, case.expect)), 0)
+        ranks.append(rank)
+        if not 0 < rank <= k:
+            misses.append((case, tuple(p.path for p in passages[:k])))
+    return EvalResult(tuple(ranks), k, tuple(misses))
 
 
 async def _ingest(settings: Settings) -> int:
@@ -178,6 +220,7 @@ def ingest_main(settings: Settings) -> int:
 async def _eval(settings: Settings, cases: Sequence[EvalCase], k: int) -> EvalResult:
     retriever = await open_retriever(settings)
     try:
+        check_paths(cases, retriever.document_paths)
         return await evaluate(retriever, cases, k=k)
     finally:
         await retriever.close()
@@ -197,6 +240,9 @@ def eval_main(settings: Settings, *, file: str, k: int = 3) -> int:
     except DocumentError as exc:
         _err(f"knowledge base error: {exc}")
         return 1
+    except EvalFileError as exc:
+        _err(f"bad eval file {file}: {exc}")
+        return 2
     for case, got in result.misses:
         expect = json.dumps(dict(case.expect), ensure_ascii=False)
         _out(f"MISS line {case.line}: {case.question} | expect {expect} | got {list(got)}")

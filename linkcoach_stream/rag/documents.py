@@ -86,6 +86,11 @@ class Chunk:
     followership_types: tuple[str, ...]
     tags: tuple[str, ...]
     ordinal: int
+    example_questions: tuple[str, ...] = ()
+
+    def field_text(self) -> str:
+        """The document's front-matter text: title, tags and example questions."""
+        return "\n".join((self.title, " ".join(self.tags), *self.example_questions))
 
     def metadata(self) -> dict[str, str | int | bool]:
         """Flat metadata for Chroma: lists as CSV plus one boolean key per type."""
@@ -98,6 +103,7 @@ class Chunk:
             "followership_types": ",".join(self.followership_types),
             "tags": ",".join(self.tags),
             "ordinal": self.ordinal,
+            "example_questions": "\n".join(self.example_questions),
         }
         for code in self.leadership_types:
             meta[f"lt_{code}"] = True
@@ -324,6 +330,7 @@ def chunk_document(
             ",".join(doc.leadership_types),
             ",".join(doc.followership_types),
             ",".join(doc.tags),
+            "\n".join(doc.example_questions),
         )
     )
     for heading, content in _merge_tiny(_sections(doc), min_chars, doc.title):
@@ -347,6 +354,7 @@ def chunk_document(
                     followership_types=doc.followership_types,
                     tags=doc.tags,
                     ordinal=len(chunks),
+                    example_questions=doc.example_questions,
                 )
             )
     return chunks

@@ -30,12 +30,6 @@ Decisions worth keeping:
 - `HashingEmbedder` hashes character n-grams into 1024 dimensions: no model and no
   fitting, so it ingests the whole knowledge base in seconds. It ranks far worse than
   e5 (benchmarks/embedders.py) and exists for tests, CI and demos of the plumbing.
-- `LexicalIndex` is TF-IDF over character 2-4-grams (within word boundaries), fitted on
-  the chunks. Korean has no spaces between a noun and its particle ("피드백을"), so
-  character n-grams match where word tokens would not, without a 0.5 GB morphological
-  analyser. It is an in-process scorer, not a Chroma embedding. The matrix is kept
-  column-major and a query multiplies only the columns of its own n-grams: 0.5 ms at
-  7,000 chunks instead of 16 ms for a full sparse product.
 """
 
 from __future__ import annotations
@@ -240,57 +234,6 @@ class HashingEmbedder:
 
     async def aclose(self) -> None:
         return None
-
-
-class LexicalIndex:
-    """TF-IDF over character 2-4-grams, fitted on the chunk texts it scores.
-
-    A query is vectorised here from the fitted analyzer, vocabulary and idf weights
-    rather than through `TfidfVectorizer.transform`, whose input checks and sparse-matrix
-    set-up cost about 0.35 ms for one short question; the weights are the same
-    (sublinear tf x idf, L2-normalised; checked against scikit-learn in the tests)."""
-
-    def __init__(self, ids: Sequence[str], texts: Sequence[str]) -> None:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        self.ids: tuple[str, ...] = tuple(ids)
-        self.position = {chunk_id: i for i, chunk_id in enumerate(self.ids)}
-        self._vectorizer = TfidfVectorizer(
-            analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=1, dtype=np.float32
-        )
-        # Column-major, so a query touches only the columns of its own n-grams.
-        self._matrix = self._vectorizer.fit_transform(texts).tocsc() if texts else None
-        if self._matrix is not None:
-            self._analyze = self._vectorizer.build_analyzer()
-            self._vocabulary: dict[str, int] = self._vectorizer.vocabulary_
-            self._idf = self._vectorizer.idf_.astype(np.float64)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def query_vector(self, query: str) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-        """The query's TF-IDF vector as (columns, weights)."""
-        counts: dict[int, int] = {}
-        vocabulary = self._vocabulary
-        for gram in self._analyze(query):
-            column = vocabulary.get(gram)
-            if column is not None:
-                counts[column] = counts.get(column, 0) + 1
-        columns = np.fromiter(counts, dtype=np.int64, count=len(counts))
-        columns.sort()
-        tf = np.fromiter((counts[c] for c in columns), dtype=np.float64, count=len(columns))
-        weights = (1.0 + np.log(tf)) * self._idf[columns]
-        norm = float(np.sqrt(weights @ weights))
-        return columns, (weights / norm if norm else weights)
-
-    def scores(self, query: str) -> NDArray[np.float32]:
-        """Cosine similarity of `query` to every chunk, in `ids` order."""
-        if self._matrix is None:
-            return np.zeros(0, dtype=np.float32)
-        columns, weights = self.query_vector(query)
-        if not len(columns):
-            return np.zeros(len(self.ids), dtype=np.float32)
-        return np.asarray(self._matrix[:, columns] @ weights, dtype=np.float32)
 
 
 EMBEDDERS = ("e5", "gemini", "hash")

@@ -55,9 +55,12 @@ from numpy.typing import NDArray
 
 from ..config import Settings
 from ..domain.taxonomy import FOLLOWERSHIP_TYPES, resolve_type
+from . import analyzer
+from .analyzer import ANALYZER_VERSION, Lexicon, without_type_names
 from .documents import CATEGORIES, Chunk, load_corpus
 from .documents import kb_version as compute_kb_version
-from .embedders import E5Embedder, Embedder, LexicalIndex, make_embedder
+from .embedders import E5Embedder, Embedder, make_embedder
+from .ranking import BM25Index, ChunkGroups, RankConfig, Ranking, fuse
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,12 @@ class Passage:
     followership_types: tuple[str, ...] = ()
 
     def source(self) -> dict[str, str]:
-        return {"path": self.path, "title": self.title, "category": self.category}
+        return {
+            "path": self.path,
+            "title": self.title,
+            "category": self.category,
+            "section": self.section,
+        }
 
 
 @dataclass(frozen=True)
@@ -157,17 +165,22 @@ class VectorCache:
 
 @dataclass(frozen=True)
 class _Mirror:
-    """An immutable snapshot of the collection, swapped whole on reload."""
+    """An immutable snapshot of the collection, swapped whole on reload: chunk texts,
+    metadata and vectors, the documents they belong to, and the three BM25 indexes."""
 
     ids: tuple[str, ...]
     texts: tuple[str, ...]
     metas: tuple[dict[str, Any], ...]
     vectors: NDArray[np.float32]
-    lexical: LexicalIndex
     version: str
+    chunk_index: BM25Index
+    document_index: BM25Index
+    field_index: BM25Index
+    groups: ChunkGroups
+    doc_paths: tuple[str, ...]
+    doc_category: NDArray[Any]
+    doc_flags: dict[str, NDArray[np.float32]]
     position: dict[str, int] = field(default_factory=dict)
-    category: NDArray[Any] = field(default_factory=lambda: np.zeros(0, dtype=object))
-    paths: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -177,32 +190,73 @@ class _Mirror:
         metas: Sequence[dict[str, Any]],
         vectors: NDArray[np.float32],
     ) -> _Mirror:
+        chunk_tokens = [_stored_tokens(m, "tokens", t) for m, t in zip(metas, texts, strict=True)]
+        doc_pos: dict[str, int] = {}
+        chunk_doc = np.array(
+            [doc_pos.setdefault(str(m.get("path", "")), len(doc_pos)) for m in metas],
+            dtype=np.int64,
+        )
+        first_meta: dict[int, dict[str, Any]] = {}
+        whole: list[list[str]] = [[] for _ in doc_pos]
+        for row, doc in enumerate(chunk_doc.tolist()):
+            first_meta.setdefault(doc, metas[row])
+            whole[doc].extend(chunk_tokens[row])
+        doc_metas = [first_meta[d] for d in range(len(doc_pos))]
+        fields = [_stored_tokens(m, "field_tokens", _field_text(m)) for m in doc_metas]
+        flags: dict[str, NDArray[np.float32]] = {}
+        for d, meta in enumerate(doc_metas):
+            for key in meta:
+                if key.startswith(("lt_", "ft_")) and meta[key]:
+                    flags.setdefault(key, np.zeros(len(doc_metas), dtype=np.float32))[d] = 1.0
         return cls(
             ids=tuple(ids),
             texts=tuple(texts),
             metas=tuple(metas),
             vectors=vectors,
-            lexical=LexicalIndex(ids, texts),
             version=compute_kb_version(ids),
+            chunk_index=BM25Index(chunk_tokens),
+            document_index=BM25Index(whole),
+            field_index=BM25Index(fields),
+            groups=ChunkGroups.of(chunk_doc, len(doc_pos)),
+            doc_paths=tuple(doc_pos),
+            doc_category=np.array([m.get("category", "") for m in doc_metas], dtype=object),
+            doc_flags=flags,
             position={chunk_id: i for i, chunk_id in enumerate(ids)},
-            category=np.array([m.get("category", "") for m in metas], dtype=object),
-            paths=tuple(str(m.get("path", "")) for m in metas),
         )
 
-    def has(self, key: str, rows: NDArray[np.int64]) -> NDArray[np.float32]:
-        """1.0 where the chunk's metadata carries the boolean `key` (lt_HHH, ft_driver)."""
-        flags = (1.0 if self.metas[i].get(key) else 0.0 for i in rows)
-        return np.fromiter(flags, dtype=np.float32, count=len(rows))
+    def flag(self, key: str) -> NDArray[np.float32]:
+        """1.0 for each document whose metadata carries the boolean `key` (lt_HHH, ft_driver)."""
+        found = self.doc_flags.get(key)
+        return found if found is not None else np.zeros(len(self.doc_paths), dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def _zscore(values: NDArray[np.float32]) -> NDArray[np.float32]:
-    std = float(values.std())
-    if std < 1e-9:
-        return np.zeros_like(values)
-    return np.asarray((values - values.mean()) / std, dtype=np.float32)
+def _field_text(meta: dict[str, Any]) -> str:
+    return "\n".join(
+        (
+            str(meta.get("title", "")),
+            str(meta.get("tags", "")).replace(",", " "),
+            str(meta.get("example_questions", "")),
+        )
+    )
+
+
+def _stored_tokens(meta: dict[str, Any], key: str, text: str) -> list[str]:
+    """Tokens written at ingest by this analyzer version, else analysed now (slower)."""
+    if meta.get("analyzer") == ANALYZER_VERSION and isinstance(meta.get(key), str):
+        return str(meta[key]).split()
+    return analyzer.tokens(text)
+
+
+def token_metadata(chunk: Chunk) -> dict[str, str]:
+    """What ingest stores beside a chunk so every instance's mirror skips the analysis."""
+    return {
+        "analyzer": ANALYZER_VERSION,
+        "tokens": " ".join(analyzer.tokens(chunk.text)),
+        "field_tokens": " ".join(analyzer.tokens(chunk.field_text())),
+    }
 
 
 # Up to this many chunks the lexical score is computed on the event loop.
@@ -270,11 +324,8 @@ class Retriever:
         collection: Any,
         embedder: Embedder,
         *,
-        dense_weight: float = 0.5,
-        type_boost: float = 0.3,
-        followership_boost: float = 0.15,
-        candidates: int = 40,
-        max_per_doc: int = 2,
+        config: RankConfig | None = None,
+        lexicon: Lexicon | None = None,
         refresh_interval_s: float = 30.0,
         max_embed_queue: int = 8,
         embed_cpu_share: float = 1.0,
@@ -283,11 +334,8 @@ class Retriever:
         self._client = client
         self._collection = collection
         self.embedder = embedder
-        self.dense_weight = dense_weight
-        self.type_boost = type_boost
-        self.followership_boost = followership_boost
-        self.candidates = candidates
-        self.max_per_doc = max_per_doc
+        self.config = config or RankConfig()
+        self.lexicon = lexicon or Lexicon()
         self.refresh_interval_s = refresh_interval_s
         self._mirror = _Mirror.build([], [], [], np.zeros((0, 1), dtype=np.float32))
         self._checked_at = 0.0
@@ -300,6 +348,7 @@ class Retriever:
         self._embeds_waiting = 0
         self.shed_searches = 0
         self.hybrid_searches = 0
+        self.lexical_searches = 0
         self._budget = _CpuBudget(embed_cpu_share)
         self._lag = _LoopLag() if embed_max_loop_lag_s is not None else None
         self.embed_max_loop_lag_s = embed_max_loop_lag_s or 0.0
@@ -315,6 +364,10 @@ class Retriever:
     @property
     def size(self) -> int:
         return len(self._mirror)
+
+    @property
+    def document_paths(self) -> tuple[str, ...]:
+        return self._mirror.doc_paths
 
     async def ping(self) -> None:
         await asyncio.to_thread(self._client.heartbeat)
@@ -412,6 +465,7 @@ class Retriever:
         categories: Sequence[str] | None = None,
         k: int = 4,
     ) -> list[Passage]:
+        """The best chunk of each of the `k` best documents, best first."""
         text = " ".join(query.split())[:MAX_QUERY_CHARS]
         code = self._resolve_code(leadership_type)
         followers = self._resolve_followers(followership_types)
@@ -422,72 +476,85 @@ class Retriever:
         mirror = self._mirror
         if not len(mirror):
             return []
-
-        qvec = await self._embed_query_or_shed(text)
-        allowed: NDArray[np.bool_] | None = None
-        if cats is not None:
-            allowed = np.isin(mirror.category, list(cats))
-            if not allowed.any():
-                return []
-        n_dense = min(self.candidates, len(mirror))
-        where = {"category": {"$in": list(cats)}} if cats is not None else None
-        dense_ids: list[str] = []
+        qvec = await self._embed_query_or_shed(text) if self.config.dense_weight else None
         if len(mirror) <= _INLINE_LEXICAL_MAX:
-            # ~0.1 ms at the shipped corpus size: cheaper than a hop to a thread.
-            lexical = mirror.lexical.scores(text)
-            if qvec is not None:
-                dense_ids = await asyncio.to_thread(self._dense_ids, qvec, n_dense, where)
-        elif qvec is None:
-            lexical = await asyncio.to_thread(mirror.lexical.scores, text)
-        else:
-            dense_ids, lexical = await asyncio.gather(
-                asyncio.to_thread(self._dense_ids, qvec, n_dense, where),
-                asyncio.to_thread(mirror.lexical.scores, text),
+            # ~2 ms at the shipped corpus size: cheaper than a hop to a thread.
+            ranking = self.rank(
+                mirror, text, code=code, followers=followers, cats=cats, qvec=qvec, limit=k
             )
-        if allowed is not None:
-            lexical = np.where(allowed, lexical, -np.inf).astype(np.float32)
-        n_lex = min(self.candidates, len(mirror))
-        lexical_top = np.argpartition(-lexical, n_lex - 1)[:n_lex]
-        candidate_set = {int(i) for i in lexical_top if np.isfinite(lexical[i])}
-        stale = False
-        for chunk_id in dense_ids:
-            pos = mirror.position.get(chunk_id)
-            if pos is None:
-                stale = True
-            else:
-                candidate_set.add(pos)
-        if stale:
-            # Chroma has chunks this mirror has not seen: another instance ingested.
-            self._checked_at = 0.0
-        if not candidate_set:
-            return []
-        cand = np.fromiter(sorted(candidate_set), dtype=np.int64)
-        if qvec is None:
-            fused = _zscore(lexical[cand])
         else:
-            dense = mirror.vectors[cand] @ qvec.astype(np.float32)
-            fused = (
-                self.dense_weight * _zscore(dense)
-                + (1 - self.dense_weight) * _zscore(lexical[cand])
-            ).astype(np.float32)
+            ranking = await asyncio.to_thread(
+                self.rank,
+                mirror,
+                text,
+                code=code,
+                followers=followers,
+                cats=cats,
+                qvec=qvec,
+                limit=k,
+            )
+        return self._passages(mirror, ranking, k)
+
+    def rank(
+        self,
+        mirror: _Mirror,
+        text: str,
+        *,
+        code: str | None,
+        followers: Sequence[str] = (),
+        cats: Sequence[str] | None = None,
+        qvec: NDArray[np.float32] | None = None,
+        limit: int = 10,
+    ) -> Ranking:
+        """Score every document of `mirror` for `text` (see `ranking` for the fusion)."""
+        cfg = self.config
+        if code is not None and cfg.strip_type_names:
+            text = without_type_names(text)
+        query = analyzer.tokens(text)
+        expansion = self.lexicon.expansion_tokens(text) if cfg.use_lexicon else []
+        w = cfg.expansion_weight
+
+        def bm25(index: BM25Index) -> NDArray[np.float32]:
+            scores = index.scores(query)
+            if expansion and w:
+                scores = scores + np.float32(w) * index.scores(expansion)
+            return scores
+
+        chunk_signals: list[tuple[float, NDArray[np.floating]]] = [
+            (cfg.chunk_weight, bm25(mirror.chunk_index))
+        ]
+        if qvec is not None:
+            chunk_signals.append((cfg.dense_weight, mirror.vectors @ qvec.astype(np.float32)))
+            self.hybrid_searches += 1
+        else:
+            self.lexical_searches += 1
+        boosts: list[tuple[float, NDArray[np.floating]]] = []
         if code is not None:
-            fused = fused + self.type_boost * mirror.has(f"lt_{code}", cand)
+            boosts.append((cfg.type_boost, mirror.flag(f"lt_{code}")))
         if followers:
-            share = np.zeros(len(cand), dtype=np.float32)
-            for ft in followers:
-                share += mirror.has(f"ft_{ft}", cand)
-            fused = (fused + self.followership_boost * share / len(followers)).astype(np.float32)
-        return self._top(mirror, cand, fused, k)
+            share = sum(mirror.flag(f"ft_{ft}") for ft in followers) / len(followers)
+            boosts.append((cfg.followership_boost, np.asarray(share, dtype=np.float32)))
+        allowed = np.isin(mirror.doc_category, list(cats)) if cats is not None else None
+        return fuse(
+            groups=mirror.groups,
+            limit=limit,
+            chunk_signals=chunk_signals,
+            document_signals=[
+                (cfg.whole_weight, bm25(mirror.document_index)),
+                (cfg.field_weight, bm25(mirror.field_index)),
+            ],
+            document_boosts=boosts,
+            allowed=allowed,
+        )
 
     async def _embed_query_or_shed(self, text: str) -> NDArray[np.float32] | None:
-        """The query vector, or None when the embedder is saturated: ranking then falls
-        back to the lexical score alone (hit@3 0.85 against 0.91 hybrid on the eval set)
-        instead of making every answer's first chunk wait in line or the embedding
-        thread take the CPU the streams need. Saturated means too many queries already
-        wait for the one embedding thread, or (for an embedder that reports its CPU
-        time) it has used up its share of a core (`RAG_EMBED_CPU_SHARE`), or this
-        process is short of CPU: its event loop runs late (`RAG_EMBED_MAX_LOOP_LAG_MS`),
-        so an embedding would slow every open stream."""
+        """The query vector, or None when the embedder is saturated: ranking then uses the
+        lexical signals alone instead of making every answer's first chunk wait in line
+        or the embedding thread take the CPU the streams need. Only used when the dense
+        signal is switched on (`RAG_DENSE_WEIGHT` > 0). Saturated means too many queries
+        already wait for the one embedding thread, or (for an embedder that reports its
+        CPU time) it has used up its share of a core (`RAG_EMBED_CPU_SHARE`), or this
+        process is short of CPU: its event loop runs late (`RAG_EMBED_MAX_LOOP_LAG_MS`)."""
         cpu = getattr(self.embedder, "cpu_seconds", None)
         starved = (
             self._lag is not None
@@ -498,46 +565,31 @@ class Retriever:
             self.shed_searches += 1
             return None
         self._embeds_waiting += 1
-        self.hybrid_searches += 1
         try:
             return await self.embedder.embed_query(text)
         finally:
             self._embeds_waiting -= 1
 
-    def _dense_ids(self, qvec: NDArray[np.float32], n: int, where: Any) -> list[str]:
-        result = self._collection.query(
-            query_embeddings=[qvec.tolist()], n_results=n, where=where, include=[]
-        )
-        ids = result.get("ids") or [[]]
-        return list(ids[0])
-
-    def _top(
-        self, mirror: _Mirror, cand: NDArray[np.int64], scores: NDArray[np.float32], k: int
-    ) -> list[Passage]:
-        per_doc: dict[str, int] = {}
+    def _passages(self, mirror: _Mirror, ranking: Ranking, k: int) -> list[Passage]:
         out: list[Passage] = []
-        for j in np.argsort(-scores, kind="stable"):
-            i = int(cand[j])
-            path = mirror.paths[i]
-            if per_doc.get(path, 0) >= self.max_per_doc:
-                continue
-            per_doc[path] = per_doc.get(path, 0) + 1
+        for doc, row, score in zip(
+            ranking.documents[:k], ranking.best_chunk[:k], ranking.scores[:k], strict=True
+        ):
+            i = int(row)
             meta = mirror.metas[i]
             out.append(
                 Passage(
                     id=mirror.ids[i],
-                    path=path,
+                    path=mirror.doc_paths[int(doc)],
                     title=str(meta.get("title", "")),
                     category=str(meta.get("category", "")),
                     section=str(meta.get("section", "")),
                     text=mirror.texts[i],
-                    score=float(scores[j]),
+                    score=float(score),
                     leadership_types=_split_csv(meta.get("leadership_types")),
                     followership_types=_split_csv(meta.get("followership_types")),
                 )
             )
-            if len(out) >= k:
-                break
         return out
 
     @staticmethod
@@ -636,12 +688,13 @@ class Retriever:
                 if vectors.shape[1] == 0:
                     vectors = np.zeros((len(texts), len(vec)), dtype=np.float32)
                 vectors[i] = vec
+        tokens = await asyncio.to_thread(lambda: [token_metadata(c) for c in chunks])
         await asyncio.to_thread(
             self._collection.upsert,
             ids=[c.id for c in chunks],
             embeddings=vectors,
             documents=[c.text for c in chunks],
-            metadatas=[c.metadata() for c in chunks],
+            metadatas=[{**c.metadata(), **t} for c, t in zip(chunks, tokens, strict=True)],
         )
 
     async def export_vectors(self, path: Path) -> int:
@@ -726,7 +779,13 @@ async def open_retriever(
         embedder = make_embedder(kind, settings=settings)
     client: Any = None
     retriever: Retriever | None = None
-    warm = asyncio.create_task(embedder.warm_up())
+    options.setdefault("lexicon", Lexicon.load(Path(settings.knowledge_base_dir) / "lexicon.yaml"))
+    config = options.get("config") or RankConfig()
+    # e5 (~100 MB) is loaded only when queries use it; ingest loads it on demand.
+    warm = asyncio.gather(
+        embedder.warm_up() if config.dense_weight else asyncio.sleep(0),
+        asyncio.to_thread(analyzer.warm_up),
+    )
     try:
         client = await asyncio.to_thread(make_chroma_client, settings)
         name = _collection_name(settings, embedder)

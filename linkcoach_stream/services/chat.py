@@ -59,7 +59,23 @@ class TurnStarted:
 
 
 def source_of(passage: Any) -> dict[str, Any]:
-    return {"path": passage.path, "title": passage.title, "category": passage.category}
+    return {
+        "path": passage.path,
+        "title": passage.title,
+        "category": passage.category,
+        "section": passage.section,
+    }
+
+
+def sources_of(passages: Any) -> list[dict[str, Any]]:
+    """Each document once, in rank order, with the section that matched best."""
+    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+    for passage in passages:
+        if passage.path not in seen:
+            seen.add(passage.path)
+            out.append(source_of(passage))
+    return out
 
 
 def validate_question(question: str, *, max_chars: int) -> str:
@@ -129,7 +145,7 @@ class ChatService:
         passages: Sequence[PassageLike] = []
         if self.retriever is not None:
             passages = list(await self.retriever.search(question, leadership_type=code, k=4))
-        sources = [source_of(p) for p in passages]
+        sources = sources_of(passages)
         message_id = uuid.uuid4()
         if self.limiter is not None:
             await self.limiter.acquire_stream(user.user_id, str(message_id))

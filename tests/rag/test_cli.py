@@ -43,15 +43,42 @@ async def test_eval_main_reports_misses_and_ends_with_the_json_summary(
             "leadership_type": "참여실무형",
             "expect": {"category": "coaching_guides", "leadership_types": ["참여실무형"]},
         },
-        {"question": "참여비전형 리더의 강점", "expect": {"path": "no/such-doc"}},
+        # A real document no search for this question ranks in the top 3.
+        {
+            "question": "참여비전형 리더의 강점",
+            "expect": {"path": "case_studies/manufacturing-safety"},
+        },
     ]
     eval_file = write_lines(tmp_path / "eval.jsonl", rows)
     capsys.readouterr()
     code = await _run_sync(eval_main, rag_settings, file=str(eval_file), k=3)
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0
-    assert json.loads(out[-1]) == {"hit_at_k": round(2 / 3, 4), "n": 3, "k": 3}
+    summary = json.loads(out[-1])
+    assert summary["hit_at_k"] == summary["hit_at_3"] == round(2 / 3, 4)
+    assert (summary["n"], summary["k"]) == (3, 3)
+    assert summary["hit_at_1"] <= summary["hit_at_3"] <= summary["hit_at_5"]
+    assert 0 < summary["mrr"] <= 1
     assert len(out) == 2 and out[0].startswith("MISS line 3:")
+
+
+async def test_eval_main_refuses_a_path_that_matches_no_document(
+    retriever: Retriever,
+    rag_settings: Settings,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows: list[dict[str, object]] = [
+        {"question": "참여비전형 리더의 강점", "expect": {"path": "participative-vision"}},
+        {"question": "참여비전형 리더의 강점", "expect": {"path": "no/such-doc"}},
+    ]
+    eval_file = write_lines(tmp_path / "eval.jsonl", rows)
+    capsys.readouterr()
+    code = await _run_sync(eval_main, rag_settings, file=str(eval_file), k=3)
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "line 2" in captured.err and "no/such-doc" in captured.err
+    assert captured.out == ""
 
 
 async def test_ingest_main_prints_counts(

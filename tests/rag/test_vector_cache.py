@@ -5,7 +5,11 @@ from pathlib import Path
 import numpy as np
 
 from linkcoach_stream.rag.documents import load_corpus
+from linkcoach_stream.rag.ranking import RankConfig
 from linkcoach_stream.rag.retriever import VectorCache
+
+# Query embedding (and so its shedding) happens only with the dense signal on.
+DENSE = RankConfig(dense_weight=0.5)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +46,7 @@ async def test_a_burst_of_searches_sheds_to_lexical_ranking(tmp_path: Path) -> N
     settings = Settings(
         data_dir=tmp_path, knowledge_base_dir=ROOT / "knowledge_base", models_dir=ROOT / "models"
     )
-    retriever = await open_retriever(settings)
+    retriever = await open_retriever(settings, config=DENSE)
     try:
         retriever.max_embed_queue = 2
         results = await asyncio.gather(
@@ -68,7 +72,7 @@ async def test_query_embedding_stays_within_its_cpu_share(tmp_path: Path) -> Non
     settings = Settings(
         data_dir=tmp_path, knowledge_base_dir=ROOT / "knowledge_base", models_dir=ROOT / "models"
     )
-    retriever = await open_retriever(settings)
+    retriever = await open_retriever(settings, config=DENSE)
     question = "팀원에게 피드백을 어떻게 줘야 할까요"
     try:
         # A full core: every sequential search embeds its query.
@@ -114,7 +118,7 @@ async def test_query_embedding_is_shed_while_the_event_loop_runs_late(tmp_path: 
     settings = Settings(
         data_dir=tmp_path, knowledge_base_dir=ROOT / "knowledge_base", models_dir=ROOT / "models"
     )
-    retriever = await open_retriever(settings)
+    retriever = await open_retriever(settings, config=DENSE)
     question = "팀원에게 피드백을 어떻게 줘야 할까요"
     try:
         retriever._budget = _CpuBudget(1.0)

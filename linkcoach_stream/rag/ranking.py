@@ -1,0 +1,167 @@
+"""Lexical indexes and the fusion step that turns per-signal scores into a document ranking.
+
+Everything here is pure (arrays in, arrays out) so the ranking can be unit-tested without
+Chroma, and `benchmarks/relevance.py` can switch each signal off to measure it alone.
+
+Decisions worth keeping (figures: `python benchmarks/relevance.py`, both eval sets):
+
+- The unit of ranking is the document, not the chunk. Questions are about a situation a
+  document covers; chunks of one long guide used to split its score and crowd out other
+  documents. A document scores the best of its chunks plus its whole-text and
+  front-matter (title, tags, `example_questions`) scores; a search returns the best
+  chunk of each of the top documents, so `sources` name each document once.
+- Signals are BM25 scores (bm25s) over kiwi morphemes at three granularities: the chunk,
+  the whole document, and its front-matter field. Each is z-scored over its own domain
+  before weighting, so weights do not depend on a signal's range or on corpus size.
+- Lexicon expansions are scored apart and added to the raw BM25 score at a lower weight
+  (`expansion_weight`), never as if the leader had typed them.
+- The leadership type is a boost on documents tagged with it, never a filter: nine
+  documents carry no type (followership profiles, dimension overviews) and must stay
+  reachable for every leader. Followership types get a smaller boost scaled by the share
+  of requested types a document covers.
+- The dense e5 signal is off by default: it costs ~35 ms CPU per query (seven times the
+  whole lexical path) and, with morphemes, the lexicon and the example questions in
+  place, it did not pay on the blind set (see the table in README "Retrieval").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+Scores = NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class RankConfig:
+    """Weights of each signal; 0 switches a signal off."""
+
+    chunk_weight: float = 1.0
+    whole_weight: float = 0.5
+    field_weight: float = 0.3
+    expansion_weight: float = 0.5
+    dense_weight: float = 0.0
+    type_boost: float = 0.3
+    followership_boost: float = 0.15
+    strip_type_names: bool = True
+    use_lexicon: bool = True
+
+
+class BM25Index:
+    """BM25 (Lucene variant, k1 1.2, b 0.75) over pre-tokenised texts, via bm25s."""
+
+    def __init__(self, corpus_tokens: Sequence[Sequence[str]]) -> None:
+        import bm25s
+
+        self.size = len(corpus_tokens)
+        self._bm25: bm25s.BM25 | None = None
+        self._vocab: dict[str, int] = {}
+        if self.size and any(corpus_tokens):
+            vocab: dict[str, int] = {}
+            ids = [[vocab.setdefault(tok, len(vocab)) for tok in doc] for doc in corpus_tokens]
+            self._bm25 = bm25s.BM25(k1=1.2, b=0.75)
+            self._bm25.index(bm25s.tokenization.Tokenized(ids=ids, vocab=vocab),
+                             show_progress=False)
+            self._vocab = vocab
+
+    def scores(self, query_tokens: Sequence[str]) -> Scores:
+        """BM25 of the query against every text (zeros when no query token is known)."""
+        known = [self._vocab[t] for t in query_tokens if t in self._vocab]
+        if self._bm25 is None or not known:
+            return np.zeros(self.size, dtype=np.float32)
+        raw = self._bm25.get_scores_from_ids(known)
+        return np.asarray(raw, dtype=np.float32)
+
+
+def zscore(values: NDArray[np.floating]) -> Scores:
+    if not len(values):
+        return np.zeros(0, dtype=np.float32)
+    std = float(values.std())
+    if std < 1e-9:
+        return np.zeros(len(values), dtype=np.float32)
+    return np.asarray((values - values.mean()) / std, dtype=np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkGroups:
+    """Chunks grouped by document, computed once per index: `order` lists chunk rows
+    document by document, `starts[g]` is where group g begins in it, `docs[g]` its
+    document. Lets a search take each document's best chunk with one `reduceat` instead
+    of sorting every chunk."""
+
+    order: NDArray[np.int64]
+    starts: NDArray[np.int64]
+    docs: NDArray[np.int64]
+    n_documents: int
+    ends: NDArray[np.int64]
+    group_of: NDArray[np.int64]  # document -> its group (-1: no chunk)
+
+    @classmethod
+    def of(cls, chunk_doc: NDArray[np.int64], n_documents: int) -> ChunkGroups:
+        order = np.argsort(chunk_doc, kind="stable").astype(np.int64)
+        grouped = chunk_doc[order]
+        group_of = np.full(n_documents, -1, dtype=np.int64)
+        if not len(order):
+            empty = np.zeros(0, dtype=np.int64)
+            return cls(order, empty, empty, n_documents, empty, group_of)
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]).astype(np.int64)
+        docs = grouped[starts]
+        group_of[docs] = np.arange(len(docs))
+        ends = np.r_[starts[1:], len(order)].astype(np.int64)
+        return cls(order, starts, docs, n_documents, ends, group_of)
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """Documents best first (indices into the caller's document list), each with the row
+    of its best chunk and its score; only the first `limit` documents are kept."""
+
+    documents: NDArray[np.int64]
+    best_chunk: NDArray[np.int64]
+    scores: Scores
+
+
+def fuse(
+    *,
+    groups: ChunkGroups,
+    chunk_signals: Sequence[tuple[float, NDArray[np.floating]]],
+    document_signals: Sequence[tuple[float, NDArray[np.floating]]] = (),
+    document_boosts: Sequence[tuple[float, NDArray[np.floating]]] = (),
+    allowed: NDArray[np.bool_] | None = None,
+    limit: int = 10,
+) -> Ranking:
+    """Rank documents from weighted, z-scored chunk and document signals.
+
+    A document's score is the best fused score of its chunks, plus its z-scored document
+    signals, plus its boosts (added as is). Documents with no chunk, or outside
+    `allowed`, are left out of the ranking."""
+    fused = np.zeros(len(groups.order), dtype=np.float32)
+    for weight, values in chunk_signals:
+        if weight:
+            fused += np.float32(weight) * zscore(np.asarray(values))
+    doc_scores = np.full(groups.n_documents, -np.inf, dtype=np.float32)
+    if len(groups.order):
+        doc_scores[groups.docs] = np.maximum.reduceat(fused[groups.order], groups.starts)
+    for weight, values in document_signals:
+        if weight:
+            doc_scores += np.float32(weight) * zscore(np.asarray(values))
+    for weight, values in document_boosts:
+        if weight:
+            doc_scores += np.float32(weight) * np.asarray(values, dtype=np.float32)
+    if allowed is not None:
+        doc_scores[~allowed] = -np.inf
+    n = min(limit, int(np.isfinite(doc_scores).sum()))
+    if n <= 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Ranking(empty, empty, np.zeros(0, dtype=np.float32))
+    top = np.argpartition(-doc_scores, n - 1)[:n]
+    top = top[np.argsort(-doc_scores[top], kind="stable")].astype(np.int64)
+    best = np.empty(n, dtype=np.int64)
+    for i, doc in enumerate(top):
+        g = groups.group_of[doc]
+        rows = groups.order[groups.starts[g] : groups.ends[g]]
+        best[i] = rows[int(np.argmax(fused[rows]))]
+    return Ranking(top, best, doc_scores[top])

@@ -1,0 +1,109 @@
+"""The pure parts of retrieval: morphemes, the colloquial lexicon and the fusion step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from linkcoach_stream.rag import analyzer
+from linkcoach_stream.rag.analyzer import Lexicon, LexiconError, without_type_names
+from linkcoach_stream.rag.ranking import BM25Index, ChunkGroups, fuse, zscore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_morphemes_drop_particles_and_keep_stems_and_product_terms() -> None:
+    got = analyzer.tokens("팀원들이 요즘 지쳐서 1:1 면담을 피해요. 70% 이상이 30-60-90 계획을 몰라요")
+    assert "팀원" in got and "면담" in got and "계획" in got
+    assert "1:1" in got and "70%" in got and "30-60-90" in got
+    assert "이" not in got and "을" not in got, "particles are dropped"
+    assert any(t.startswith("지치") for t in got), "verbs are reduced to their stem"
+
+
+def test_empty_text_has_no_tokens() -> None:
+    assert analyzer.tokens("   ") == []
+
+
+def test_lexicon_matches_colloquial_words_regardless_of_spacing() -> None:
+    lexicon = Lexicon.load(ROOT / "knowledge_base" / "lexicon.yaml")
+    assert "회식" in lexicon.expand("어제 술 자리에서 팀원이 울었어요")
+    assert "번아웃" in lexicon.expand("완전 방전됐어요")
+    assert "상사" in lexicon.expand("윗분들이 자꾸 숫자만 봐요")
+    assert lexicon.expand("오늘 날씨가 좋네요") == []
+    tokens = lexicon.expansion_tokens("진급에서 빠졌대요")
+    assert "승진" in tokens and "추천" in tokens, "expansions are analysed like passages"
+
+
+def test_a_malformed_lexicon_is_an_error_naming_the_group(tmp_path: Path) -> None:
+    bad = tmp_path / "lexicon.yaml"
+    bad.write_text("groups:\n  - terms: [a]\n    expand: [b]\n  - expand: [c]\n", encoding="utf-8")
+    with pytest.raises(LexiconError, match="group 2"):
+        Lexicon.load(bad)
+    assert Lexicon.load(tmp_path / "absent.yaml").expand("아무 말") == []
+
+
+def test_type_names_are_removed_from_a_question() -> None:
+    assert "참여실무형" not in without_type_names("참여실무형인데 회의가 길어요")
+    assert "HLL" not in without_type_names("저 HLL 나왔어요")
+    assert "회의" in without_type_names("참여실무형인데 회의가 길어요")
+
+
+def test_bm25_scores_texts_that_share_query_words_higher() -> None:
+    index = BM25Index([["회의", "안건"], ["피드백", "칭찬"], ["회의", "회의", "시간"]])
+    scores = index.scores(["회의"])
+    assert scores[1] == 0 and scores[0] > 0 and scores[2] > 0
+    assert not index.scores(["없는말"]).any()
+    assert BM25Index([]).scores(["회의"]).shape == (0,)
+
+
+def test_zscore_of_a_flat_signal_is_zero() -> None:
+    assert not zscore(np.ones(5)).any()
+    z = zscore(np.array([1.0, 2.0, 3.0]))
+    assert abs(float(z.mean())) < 1e-6 and z[2] > z[0]
+
+
+def _groups() -> ChunkGroups:
+    # Five chunks of three documents, deliberately not grouped by document.
+    return ChunkGroups.of(np.array([0, 1, 0, 2, 1]), 3)
+
+
+def test_fusion_ranks_documents_by_their_best_chunk() -> None:
+    chunk = np.array([0.1, 0.2, 0.9, 0.0, 0.3])
+    ranking = fuse(groups=_groups(), chunk_signals=[(1.0, chunk)])
+    assert ranking.documents.tolist() == [0, 1, 2]
+    assert ranking.best_chunk.tolist() == [2, 4, 3]
+    assert list(ranking.scores) == sorted(ranking.scores, reverse=True)
+
+
+def test_document_signals_and_boosts_can_reorder_documents() -> None:
+    chunk = np.array([0.1, 0.2, 0.9, 0.0, 0.3])
+    field = np.array([0.0, 5.0, 0.0])
+    ranking = fuse(groups=_groups(), chunk_signals=[(1.0, chunk)], document_signals=[(2.0, field)])
+    assert ranking.documents[0] == 1
+    boosted = fuse(
+        groups=_groups(),
+        chunk_signals=[(1.0, chunk)],
+        document_boosts=[(10.0, np.array([0.0, 0.0, 1.0]))],
+    )
+    assert boosted.documents[0] == 2
+    assert boosted.best_chunk[0] == 3
+
+
+def test_fusion_respects_the_allowed_documents_and_the_limit() -> None:
+    chunk = np.array([0.1, 0.2, 0.9, 0.0, 0.3])
+    allowed = np.array([False, True, True])
+    ranking = fuse(groups=_groups(), chunk_signals=[(1.0, chunk)], allowed=allowed, limit=1)
+    assert ranking.documents.tolist() == [1]
+    nothing = fuse(
+        groups=_groups(), chunk_signals=[(1.0, chunk)], allowed=np.zeros(3, dtype=bool)
+    )
+    assert len(nothing.documents) == 0
+
+
+def test_a_weight_of_zero_switches_a_signal_off() -> None:
+    chunk = np.array([0.1, 0.2, 0.9, 0.0, 0.3])
+    loud = np.array([0.0, 0.0, 0.0, 100.0, 0.0])
+    ranking = fuse(groups=_groups(), chunk_signals=[(1.0, chunk), (0.0, loud)])
+    assert ranking.documents[0] == 0
