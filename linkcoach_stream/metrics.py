@@ -61,8 +61,8 @@ class Metrics:
         )
         self.retrieval_searches = Gauge(
             "linkcoach_retrieval_searches",
-            "Knowledge-base searches since start: hybrid, or lexical only because the "
-            "query embedder was saturated",
+            "Knowledge-base searches since start: lexical (the default), hybrid (dense "
+            "signal on), or lexical_shed (dense on but the query embedder was saturated)",
             ["mode"],
             registry=r,
         )

@@ -65,6 +65,7 @@ async def metrics(request: Request) -> Response:
         searches = state.metrics.retrieval_searches
         searches.labels("hybrid").set(retriever.hybrid_searches)
         searches.labels("lexical_shed").set(retriever.shed_searches)
+        searches.labels("lexical").set(retriever.lexical_searches)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

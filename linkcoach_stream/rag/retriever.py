@@ -476,7 +476,11 @@ class Retriever:
         mirror = self._mirror
         if not len(mirror):
             return []
-        qvec = await self._embed_query_or_shed(text) if self.config.dense_weight else None
+        qvec = None
+        if self.config.dense_weight:
+            qvec = await self._embed_query_or_shed(text)
+        else:
+            self.lexical_searches += 1
         if len(mirror) <= _INLINE_LEXICAL_MAX:
             # ~2 ms at the shipped corpus size: cheaper than a hop to a thread.
             ranking = self.rank(
@@ -526,8 +530,6 @@ class Retriever:
         if qvec is not None:
             chunk_signals.append((cfg.dense_weight, mirror.vectors @ qvec.astype(np.float32)))
             self.hybrid_searches += 1
-        else:
-            self.lexical_searches += 1
         boosts: list[tuple[float, NDArray[np.floating]]] = []
         if code is not None:
             boosts.append((cfg.type_boost, mirror.flag(f"lt_{code}")))

@@ -36,13 +36,15 @@ async def test_streamed_answer_lists_and_cites_retrieved_sources(rag_server: Run
         for line in metrics.splitlines()
         if line.startswith("linkcoach_retrieval_searches{")
     }
-    assert set(searches) == {"hybrid", "lexical_shed"}
-    assert sum(searches.values()) >= 1, "the turn's search is counted"
+    assert set(searches) == {"hybrid", "lexical_shed", "lexical"}
+    assert searches["lexical"] >= 1, "the turn's search is counted (dense signal off)"
     meta = events[0].data
     assert meta["sources"], "meta lists the retrieved sources"
+    paths = [source["path"] for source in meta["sources"]]
+    assert len(paths) == len(set(paths)), "each document once"
     for source in meta["sources"]:
-        assert set(source) == {"path", "title", "category"}
-        assert source["path"].endswith(".md")
+        assert set(source) == {"path", "title", "category", "section"}
+        assert source["path"].endswith(".md") and source["section"]
     text = text_of(events)
     assert "[1]" in text
     assert meta["sources"][0]["title"] in text
