@@ -519,10 +519,7 @@ class Retriever:
         w = cfg.expansion_weight
 
         def bm25(index: BM25Index) -> NDArray[np.float32]:
-            scores = index.scores(query)
-            if expansion and w:
-                scores = scores + np.float32(w) * index.scores(expansion)
-            return scores
+            return index.scores((1.0, query), (w, expansion))
 
         chunk_signals: list[tuple[float, NDArray[np.floating]]] = [
             (cfg.chunk_weight, bm25(mirror.chunk_index))

@@ -52,10 +52,24 @@ def test_type_names_are_removed_from_a_question() -> None:
 
 def test_bm25_scores_texts_that_share_query_words_higher() -> None:
     index = BM25Index([["회의", "안건"], ["피드백", "칭찬"], ["회의", "회의", "시간"]])
-    scores = index.scores(["회의"])
+    scores = index.scores((1.0, ["회의"]))
     assert scores[1] == 0 and scores[0] > 0 and scores[2] > 0
-    assert not index.scores(["없는말"]).any()
-    assert BM25Index([]).scores(["회의"]).shape == (0,)
+    assert not index.scores((1.0, ["없는말"])).any()
+    assert BM25Index([]).scores((1.0, ["회의"])).shape == (0,)
+
+
+def test_bm25_matches_bm25s_and_weights_each_token_list() -> None:
+    import bm25s
+
+    corpus = [["회의", "안건", "시간"], ["피드백", "칭찬", "회의"], ["칭찬", "칭찬", "동기"]]
+    index = BM25Index(corpus)
+    reference = bm25s.BM25(k1=1.2, b=0.75)
+    reference.index(corpus, show_progress=False)
+    expected = reference.get_scores(["회의", "칭찬"])
+    assert np.allclose(index.scores((1.0, ["회의", "칭찬"])), expected, atol=1e-5)
+    half = index.scores((1.0, ["회의"]), (0.5, ["칭찬"]))
+    want = reference.get_scores(["회의"]) + 0.5 * reference.get_scores(["칭찬"])
+    assert np.allclose(half, want, atol=1e-5)
 
 
 def test_zscore_of_a_flat_signal_is_zero() -> None:
