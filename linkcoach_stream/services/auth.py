@@ -29,6 +29,7 @@ from ..config import DEV_API_KEY, Settings
 from ..db.repositories import refresh_tokens, users
 from ..errors import Unauthorized
 
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     user_id: str
