@@ -7,8 +7,9 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .logging_setup import configure_logging
 
 
@@ -17,35 +18,47 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
+def serve_options(settings: Settings, *, workers: int = 1) -> dict[str, Any]:
+    """Keyword arguments of `uvicorn.run` for `linkcoach serve` (tested directly)."""
+    trusted = ",".join(settings.forwarded_allow_ips)
+    return {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "workers": workers,
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": "websockets-sansio",
+        # Small frames and no compression keep a held-open socket at a few KiB.
+        "ws_max_size": 64 * 1024,
+        "ws_max_queue": 16,
+        "ws_per_message_deflate": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 5,
+        # Per-address limits key on the client address, so X-Forwarded-For is believed
+        # only from the proxies named in FORWARDED_ALLOW_IPS. uvicorn's own default
+        # trusts 127.0.0.1, which is every client when a local proxy passes the header
+        # through, or a client on the same host.
+        "proxy_headers": bool(trusted),
+        "forwarded_allow_ips": trusted or None,
+        # Connections waiting to be accepted (uvicorn's default is 2048; the kernel caps
+        # it at net.core.somaxconn): a burst of thousands of new streams on a busy CPU
+        # overflowed 2048 and clients saw connection resets.
+        "backlog": settings.listen_backlog,
+    }
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = Settings.from_env()
-    host = args.host or settings.host
-    port = args.port or settings.port
+    # The bind host decides whether the development defaults are allowed: validate again.
+    settings = settings.with_overrides(
+        host=args.host or settings.host, port=args.port or settings.port
+    ).validate()
     workers = args.workers or int(os.environ.get("WEB_CONCURRENCY", "1"))
     configure_logging(settings.log_level)
-    uvicorn.run(
-        "linkcoach_stream.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        # Small frames and no compression keep a held-open socket at a few KiB.
-        ws_max_size=64 * 1024,
-        ws_max_queue=16,
-        ws_per_message_deflate=False,
-        log_config=None,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
-        proxy_headers=True,
-        # Connections waiting to be accepted (uvicorn's default is 2048; the kernel caps
-        # it at net.core.somaxconn): a burst of thousands of new streams on a busy CPU
-        # overflowed 2048 and clients saw connection resets.
-        backlog=settings.listen_backlog,
-    )
+    uvicorn.run("linkcoach_stream.app:create_app", **serve_options(settings, workers=workers))
     return 0
 
 
@@ -180,7 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        sys.stderr.write(f"linkcoach: configuration error: {exc}\n")
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ configuration at all; setting the URL of a real service switches that part over.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +26,20 @@ PLACEHOLDER_SECRETS = frozenset(
     }
 )
 DEV_JWT_SECRET = "linkcoach-dev-secret-not-for-production"
+DEV_API_KEY = "linkcoach-dev-api-key"
+
+# Every environment the service knows. Anything else refuses to start, so a typo such as
+# `Production` or `prod` can never quietly run with the development defaults.
+APP_ENVS = ("development", "test", "staging", "production")
+# The only environments spared the production checks (strong secret, real API keys, no
+# demo pages); any other value, validated or not, is treated as production.
+NON_PRODUCTION_ENVS = frozenset({"development", "test"})
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+# A JWT secret must look random: a repeated or patterned string has few distinct
+# characters and little entropy, whatever its length. 96 bits is under what 16 random
+# bytes in hex measure (~110) and far above `"s" * 40` (0) or a word repeated (< 80).
+MIN_SECRET_BITS = 96.0
+MIN_SECRET_DISTINCT = 10
 
 
 class ConfigError(ValueError):
@@ -33,16 +50,53 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def estimated_entropy_bits(value: str) -> float:
+    """Shannon entropy of the string's own character frequencies, times its length."""
+    if not value:
+        return 0.0
+    n = len(value)
+    return -sum(c * math.log2(c / n) for c in Counter(value).values())
+
+
+def is_repetition(value: str) -> bool:
+    """`abcabc`-style: the string is a shorter string repeated (its own rotation)."""
+    return len(value) > 1 and (value + value).find(value, 1) < len(value)
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """Validated settings. `validate()` fails closed:
+
+    - `APP_ENV` must be one of `APP_ENVS` (any case); anything else is refused.
+    - The development JWT secret and API key are used only when `APP_ENV=development` is
+      set explicitly, or `APP_ENV` is unset and the server binds a loopback address
+      (`make run`). Everywhere else `JWT_SECRET_KEY` and `LINKCOACH_API_KEYS` must be set.
+    - `staging` and `production` also refuse a short or low-entropy secret and short or
+      development API keys, and hide the demo pages.
+    """
+
     app_env: str = "development"
+    # False when APP_ENV was not set at all: dev defaults then need a loopback bind.
+    app_env_explicit: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
     listen_backlog: int = 4096
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
+    # forwarded_allow_ips). Empty: nobody's, so a client cannot pick its own address.
+    forwarded_allow_ips: tuple[str, ...] = ()
     log_level: str = "info"
 
     data_dir: Path = Path(".linkcoach")
@@ -111,7 +165,14 @@ class Settings:
 
     @property
     def is_production(self) -> bool:
-        return self.app_env == "production"
+        return self.app_env.strip().lower() not in NON_PRODUCTION_ENVS
+
+    @property
+    def dev_defaults_allowed(self) -> bool:
+        """Whether the published development secret and API key may be used."""
+        if self.app_env.strip().lower() != "development":
+            return False
+        return self.app_env_explicit or is_loopback(self.host)
 
     @property
     def provider_name(self) -> str:
@@ -123,18 +184,16 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     def validate(self) -> Settings:
+        env = self.app_env.strip().lower()
+        if env not in APP_ENVS:
+            raise ConfigError(
+                f"APP_ENV must be one of {', '.join(APP_ENVS)} (got {self.app_env!r})"
+            )
+        if env != self.app_env:
+            return replace(self, app_env=env).validate()
         if self.jwt_algorithm not in {"HS256", "HS384", "HS512"}:
             raise ConfigError("JWT_ALGORITHM must be one of HS256, HS384, HS512")
-        if self.is_production:
-            if self.jwt_secret_key in PLACEHOLDER_SECRETS or len(self.jwt_secret_key) < 32:
-                raise ConfigError(
-                    "JWT_SECRET_KEY must be set to a random value of at least 32 characters "
-                    "when APP_ENV=production"
-                )
-            if not self.api_keys:
-                raise ConfigError("LINKCOACH_API_KEYS must be set when APP_ENV=production")
-            if any(len(key) < 16 for key in self.api_keys):
-                raise ConfigError("each LINKCOACH_API_KEYS entry must be at least 16 characters")
+        self._validate_secrets()
         if self.provider_name not in {"gemini", "offline"}:
             raise ConfigError("LLM_PROVIDER must be 'gemini' or 'offline'")
         if not 0.0 <= self.rag_embed_cpu_share <= 1.0:
@@ -144,6 +203,42 @@ class Settings:
         if self.provider_name == "gemini" and not self.gemini_api_key:
             raise ConfigError("LLM_PROVIDER=gemini needs GEMINI_API_KEY")
         return self
+
+    def _validate_secrets(self) -> None:
+        if not self.dev_defaults_allowed:
+            if self.app_env_explicit:
+                why = f"APP_ENV={self.app_env}"
+            else:
+                why = (
+                    f"APP_ENV is not set and HOST={self.host} is not a loopback address "
+                    "(set APP_ENV=production with the settings below, or APP_ENV=development "
+                    "to run with the development defaults)"
+                )
+            if self.jwt_secret_key in PLACEHOLDER_SECRETS:
+                raise ConfigError(f"JWT_SECRET_KEY must be set to a random value: {why}")
+            if not self.api_keys:
+                raise ConfigError(f"LINKCOACH_API_KEYS must be set: {why}")
+        if not self.is_production:
+            return
+        secret = self.jwt_secret_key
+        if (
+            len(secret) < 32
+            or len(set(secret)) < MIN_SECRET_DISTINCT
+            or estimated_entropy_bits(secret) < MIN_SECRET_BITS
+            or is_repetition(secret)
+        ):
+            raise ConfigError(
+                "JWT_SECRET_KEY must be a random value of at least 32 characters (e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`) when "
+                f"APP_ENV={self.app_env}; this one is too short or too repetitive"
+            )
+        if any(len(key) < 16 for key in self.api_keys):
+            raise ConfigError("each LINKCOACH_API_KEYS entry must be at least 16 characters")
+        if DEV_API_KEY in self.api_keys:
+            raise ConfigError(
+                f"LINKCOACH_API_KEYS must not contain the development key when "
+                f"APP_ENV={self.app_env}"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -165,10 +260,12 @@ class Settings:
         d = cls()
         data_dir = Path(get("LINKCOACH_DATA_DIR", str(d.data_dir)) or d.data_dir)
         return cls(
-            app_env=get("APP_ENV", d.app_env) or d.app_env,
+            app_env=(get("APP_ENV", d.app_env) or d.app_env).strip().lower(),
+            app_env_explicit=get("APP_ENV") is not None,
             host=get("HOST", d.host) or d.host,
             port=int(num("PORT", d.port)),
             listen_backlog=int(num("LISTEN_BACKLOG", d.listen_backlog)),
+            forwarded_allow_ips=_csv(get("FORWARDED_ALLOW_IPS", "") or ""),
             log_level=(get("LOG_LEVEL", d.log_level) or d.log_level).lower(),
             data_dir=data_dir,
             database_url=get("DATABASE_URL"),

@@ -29,6 +29,8 @@ from linkcoach_stream.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-api-key-0123456789"
+# The test environment gets no development defaults: it sets a secret like a deployment.
+JWT_SECRET = "t3st-Secret_" + uuid.uuid4().hex
 ALLOWED_ORIGIN = "https://parent.example"
 
 
@@ -107,6 +109,7 @@ def settings(database_url: str, redis_url: str, work_dir: Path) -> Settings:
         db_pool_min=1,
         db_pool_max=10,
         api_keys=(API_KEY,),
+        jwt_secret_key=JWT_SECRET,
         cors_origins=(ALLOWED_ORIGIN,),
         llm_provider="offline",
         knowledge_base_dir=ROOT / "knowledge_base",
@@ -339,6 +342,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         REDIS_URL=settings.redis_url or "",
         REDIS_PREFIX=settings.redis_prefix,
         LINKCOACH_API_KEYS=",".join(settings.api_keys),
+        JWT_SECRET_KEY=settings.jwt_secret_key,
         CORS_ORIGINS=",".join(settings.cors_origins),
         LLM_PROVIDER=settings.provider_name,
         GEMINI_API_KEY=settings.gemini_api_key or "",

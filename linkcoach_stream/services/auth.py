@@ -25,11 +25,9 @@ from joserfc import errors as jose_errors
 from joserfc import jwt
 from joserfc.jwk import OctKey
 
-from ..config import Settings
+from ..config import DEV_API_KEY, Settings
 from ..db.repositories import refresh_tokens, users
 from ..errors import Unauthorized
-
-DEV_API_KEY = "linkcoach-dev-api-key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +72,9 @@ class TokenService:
             exp={"essential": True},
             sub={"essential": True},
         )
-        keys = settings.api_keys or ((DEV_API_KEY,) if not settings.is_production else ())
+        # Settings.validate() refuses to start without keys wherever the dev key is not
+        # allowed; this check keeps the dev key out even for unvalidated settings.
+        keys = settings.api_keys or ((DEV_API_KEY,) if settings.dev_defaults_allowed else ())
         self._api_keys = tuple(k.encode() for k in keys)
 
     def check_api_key(self, presented: str | None) -> None:

@@ -175,18 +175,21 @@ async def test_unknown_refresh_token_is_rejected(client: httpx.AsyncClient) -> N
     assert r.status_code == 401
 
 
+STRONG_SECRET = "Zq8vN2xK7pR4tW9yB3mF6hJ1cL5dG0sA-u_E"
+
+
 def test_production_refuses_placeholder_secret() -> None:
     with pytest.raises(ConfigError):
         Settings(app_env="production", api_keys=("k" * 20,)).validate()
     with pytest.raises(ConfigError):
         Settings(app_env="production", jwt_secret_key="", api_keys=("k" * 20,)).validate()
-    ok = Settings(app_env="production", jwt_secret_key="s" * 40, api_keys=("k" * 20,))
+    ok = Settings(app_env="production", jwt_secret_key=STRONG_SECRET, api_keys=("k" * 20,))
     assert ok.validate() is ok
 
 
 def test_production_refuses_missing_api_keys() -> None:
     with pytest.raises(ConfigError):
-        Settings(app_env="production", jwt_secret_key="s" * 40).validate()
+        Settings(app_env="production", jwt_secret_key=STRONG_SECRET).validate()
 
 
 def test_token_service_round_trip_keeps_claims() -> None:

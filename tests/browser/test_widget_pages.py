@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import secrets
 from importlib import resources
 
 import httpx
@@ -130,7 +131,7 @@ async def test_demo_token_refuses_other_sites_and_form_posts(client: httpx.Async
 
 async def test_demo_does_not_exist_in_production(settings: Settings) -> None:
     prod = settings.with_overrides(
-        app_env="production", jwt_secret_key="p" * 48, api_keys=(API_KEY,)
+        app_env="production", jwt_secret_key=secrets.token_urlsafe(48), api_keys=(API_KEY,)
     )
     running = await start_server(prod)
     try:
