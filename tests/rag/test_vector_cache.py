@@ -51,7 +51,7 @@ async def test_a_burst_of_searches_sheds_to_lexical_ranking(tmp_path: Path) -> N
         retriever.max_embed_queue = 2
         results = await asyncio.gather(
             *(
-                retriever.search("참여비전형 리더의 강점", leadership_type="HLH", k=3)
+                retriever.search("참여비전형 리더의 강점", k=3)
                 for _ in range(12)
             )
         )
