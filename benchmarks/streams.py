@@ -78,6 +78,8 @@ RESULTS_DIR = h.BENCH / "results"
 RESULTS_MD = h.BENCH / "RESULTS.md"
 # Hand-written findings (hot spots, caveats), placed in RESULTS.md above the tables.
 NOTES_FILE = RESULTS_DIR / "streams-notes.md"
+# Retrieval relevance and speed (benchmarks/relevance.py, retrieval_speed.py), placed last.
+RETRIEVAL_NOTES = RESULTS_DIR / "retrieval-notes.md"
 EMULATOR_ARGS = [
     "--ttft-ms",
     "300-800",
@@ -116,6 +118,7 @@ class Bench:
         self.questions = self.run_dir / "questions.txt"
         self.questions.write_text("\n".join(questions()) + "\n", encoding="utf-8")
         self.variant = "streams"
+        self.emulator_args = emulator_args(args)
 
     def next_name(self, kind: str) -> str:
         self.serial += 1
@@ -133,7 +136,7 @@ class Bench:
                 "emulate-gemini",
                 "--port",
                 str(port),
-                *EMULATOR_ARGS,
+                *self.emulator_args,
             ],
             env=h.base_env(),
             url=f"http://127.0.0.1:{port}",
@@ -1204,7 +1207,23 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         lines += ["## Findings and notes", "", notes, ""]
     for result in results.values():
         lines += variant_section(result, variant_title(result))
+    if RETRIEVAL_NOTES.exists():
+        lines += ["", RETRIEVAL_NOTES.read_text(encoding="utf-8").strip()]
     return "\n".join(lines) + "\n"
+
+
+def emulator_args(args: argparse.Namespace) -> list[str]:
+    """EMULATOR_ARGS with --emulator-ttft-ms / --emulator-gap-ms swapped in. A fixed first
+    token delay takes the emulator's own spread (300-800 ms) out of TTFT differences, so an
+    overhead of a few ms is visible over 150 streams."""
+    out = list(EMULATOR_ARGS)
+    for flag, value in (
+        ("--ttft-ms", args.emulator_ttft_ms),
+        ("--chunk-interval-ms", args.emulator_gap_ms),
+    ):
+        if value:
+            out[out.index(flag) + 1] = value
+    return out
 
 
 def variant_name(args: argparse.Namespace) -> str:
@@ -1289,6 +1308,10 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra environment for the full server (e.g. OMP_NUM_THREADS=1); repeatable",
     )
+    parser.add_argument(
+        "--emulator-ttft-ms", help="emulator first-token delay, e.g. 300 or 300-800"
+    )
+    parser.add_argument("--emulator-gap-ms", help="emulator chunk interval, e.g. 100 or 50-150")
     parser.add_argument("--variant", help="name of this configuration: results/streams-NAME.json")
     parser.add_argument("--keep", action="store_true", help="keep data dirs under the run dir")
     parser.add_argument("--report-only", action="store_true", help="re-render RESULTS.md")
@@ -1326,7 +1349,7 @@ def main(argv: list[str] | None = None) -> int:
             "retrieval": args.retrieval,
             "hold_chunks": args.hold_chunks,
             "storage": storage,
-            "emulator": EMULATOR_ARGS,
+            "emulator": b.emulator_args,
             "nofile": [soft, hard],
             "server_env": args.server_env_map,
             "quick": args.quick,
