@@ -255,9 +255,7 @@ def test_cursors_of_any_time_or_size_are_a_page_or_a_400(
     r = call(http, "get", "/api/v1/conversations", token, params={"cursor": cursor})
     check(r)
     assert r.status_code in (200, 400), r.text
-    r = call(
-        http, "get", f"/api/v1/conversations/{conversation_id}", token, params={"cursor": seq}
-    )
+    r = call(http, "get", f"/api/v1/conversations/{conversation_id}", token, params={"cursor": seq})
     check(r)
     assert r.status_code in (200, 400), r.text
     assert (r.status_code == 200) == (0 <= seq < 2**63), (seq, r.text)
