@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import API_KEY, ServerProcess
@@ -49,6 +49,7 @@ async def fuzz_server(settings) -> AsyncIterator[ServerProcess]:  # type: ignore
             rate_user_per_min=0.0,
             rate_auth_failures_per_min=0.0,
             max_streams_per_user=0,
+            rate_reports_per_hour=0.0,
         )
     ).start()
     try:
@@ -259,6 +260,36 @@ def test_cursors_of_any_time_or_size_are_a_page_or_a_400(
     check(r)
     assert r.status_code in (200, 400), r.text
     assert (r.status_code == 200) == (0 <= seq < 2**63), (seq, r.text)
+
+
+SCORE = st.floats(min_value=1.0, max_value=6.0)
+DIMENSIONS = ("공유", "상호작용", "성장")
+
+
+@FUZZ
+@given(
+    scores=st.tuples(SCORE, SCORE, SCORE),
+    nudges=st.tuples(*[st.floats(min_value=-0.04, max_value=0.04)] * 3),
+)
+def test_report_scores_that_round_alike_on_the_same_side_of_high_share_a_report(
+    http: httpx.Client, token: str, scores: tuple[float, ...], nudges: tuple[float, ...]
+) -> None:
+    nearby = tuple(min(6.0, max(1.0, round(s, 1) + n)) for s, n in zip(scores, nudges, strict=True))
+    for a, b in zip(scores, nearby, strict=True):
+        assume(round(a, 1) == round(b, 1) and (a >= 4.5) == (b >= 4.5))
+    first, second = (
+        call(
+            http,
+            "post",
+            "/api/v1/coaching/interpretation",
+            token,
+            json={"assessment": dict(zip(DIMENSIONS, values, strict=True))},
+        )
+        for values in (scores, nearby)
+    )
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    assert second.json()["report_id"] == first.json()["report_id"]
+    assert second.json()["cached"] is True
 
 
 @FUZZ
