@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
@@ -22,7 +23,7 @@ _BEARER = re.compile(r"^Bearer\s+(\S+)\s*$", re.IGNORECASE)
 def refuse_nul(value: str) -> str:
     # Postgres `text` cannot hold U+0000: refused here, named, instead of failing the insert.
     if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+        raise PydanticCustomError("nul_character", "must not contain NUL characters")
     return value
 
 
