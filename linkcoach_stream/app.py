@@ -168,6 +168,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[dict[str, Any]]:
             provider=provider,
             retriever=retriever,
             metrics=metrics,
+            limiter=limiter,
             classifier=await load_classifier(settings.models_dir / "leadership_classifier.skops"),
         )
         stack.push_async_callback(report_service.aclose)
@@ -197,6 +198,9 @@ def rate_limits(settings: Settings) -> dict[str, Limit]:
         "mint": limit(settings.rate_mint_per_min, int(settings.rate_mint_per_min / 6)),
         "refresh": limit(settings.rate_refresh_per_min, 20),
         "auth_failures": limit(settings.rate_auth_failures_per_min, 10),
+        # The whole hour's budget may be spent at once (a leader trying several inputs),
+        # then it refills evenly.
+        "reports": limit(settings.rate_reports_per_hour / 60, int(settings.rate_reports_per_hour)),
     }
 
 

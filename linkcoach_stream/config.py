@@ -151,6 +151,8 @@ class Settings:
     rate_mint_per_min: float = 6000.0
     rate_refresh_per_min: float = 60.0
     rate_auth_failures_per_min: float = 30.0
+    # Uncached report generations (LLM calls) per user; cached reports are not counted.
+    rate_reports_per_hour: float = 20.0
     max_streams_per_user: int = 3
     retrieval_enabled: bool = True
     rag_embed_cpu_share: float = 0.5
@@ -322,6 +324,7 @@ class Settings:
             rate_auth_failures_per_min=num(
                 "RATE_LIMIT_AUTH_FAILURES_PER_MIN", d.rate_auth_failures_per_min
             ),
+            rate_reports_per_hour=num("RATE_LIMIT_REPORTS_PER_HOUR", d.rate_reports_per_hour),
             max_streams_per_user=int(num("MAX_STREAMS_PER_USER", d.max_streams_per_user)),
             retrieval_enabled=_bool(get("RETRIEVAL_ENABLED", "true") or "true"),
             rag_embed_cpu_share=num("RAG_EMBED_CPU_SHARE", d.rag_embed_cpu_share),

@@ -360,6 +360,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         RATE_LIMIT_MINT_PER_MIN=str(settings.rate_mint_per_min),
         RATE_LIMIT_REFRESH_PER_MIN=str(settings.rate_refresh_per_min),
         RATE_LIMIT_AUTH_FAILURES_PER_MIN=str(settings.rate_auth_failures_per_min),
+        RATE_LIMIT_REPORTS_PER_HOUR=str(settings.rate_reports_per_hour),
         MAX_STREAMS_PER_USER=str(settings.max_streams_per_user),
         SHUTDOWN_GRACE=str(settings.shutdown_grace_s),
         MAX_BODY_BYTES=str(settings.max_body_bytes),

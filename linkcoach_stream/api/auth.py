@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from ..domain.taxonomy import resolve_type
 from ..errors import Unauthorized, ValidationFailed
-from .common import JSON, client_ip, read_model
+from .common import JSON, DbText, client_ip, read_model
 
 USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 
@@ -18,7 +18,7 @@ USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: str = Field(pattern=USER_ID_PATTERN)
-    email: str | None = Field(default=None, max_length=254)
+    email: DbText | None = Field(default=None, max_length=254)
     leadership_type: str | None = Field(default=None, max_length=64)
 
 

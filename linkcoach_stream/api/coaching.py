@@ -17,7 +17,7 @@ from ..errors import BadRequest
 from ..llm.base import Turn
 from ..services.chat import ChatService, TurnRequest, collect
 from ..services.streams import StreamEvent
-from .common import JSON, path_uuid, read_model, require_user
+from .common import JSON, DbText, path_uuid, read_model, require_user
 
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 _FAREWELL = object()
@@ -28,7 +28,7 @@ class QueryRequest(BaseModel):
     question: str
     conversation_id: uuid.UUID | None = None
     report_id: uuid.UUID | None = None
-    client_message_id: str | None = Field(default=None, min_length=1, max_length=128)
+    client_message_id: DbText | None = Field(default=None, min_length=1, max_length=128)
 
     def turn(self) -> TurnRequest:
         return TurnRequest(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
@@ -17,6 +18,17 @@ from ..services.auth import Principal
 
 M = TypeVar("M", bound=BaseModel)
 _BEARER = re.compile(r"^Bearer\s+(\S+)\s*$", re.IGNORECASE)
+
+
+def refuse_nul(value: str) -> str:
+    # Postgres `text` cannot hold U+0000: refused here, named, instead of failing the insert.
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    return value
+
+
+# A string bound for a Postgres text column.
+DbText = Annotated[str, AfterValidator(refuse_nul)]
 
 
 def dumps(value: Any) -> bytes:

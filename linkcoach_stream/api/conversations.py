@@ -1,14 +1,20 @@
-"""Conversations API: create, list (newest first), read with paged messages, delete."""
+"""Conversations API: create, list (newest first), read with paged messages, delete.
+
+Cursors are opaque to clients but decoded here, so anything a client can put in one is
+checked before it reaches a query: a conversation cursor's time must stay a valid
+timestamp once moved to UTC (asyncpg sends `timestamptz` in UTC, and Python's calendar
+ends at years 1 and 9999), a message cursor must be a `bigint` sequence number.
+"""
 
 from __future__ import annotations
 
 import base64
 import uuid
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,16 +22,18 @@ from starlette.routing import Route
 from ..db.repositories import conversations as repo
 from ..db.repositories import reports as reports_repo
 from ..errors import BadRequest
-from .common import JSON, path_uuid, read_model, require_user
+from .common import JSON, DbText, path_uuid, read_model, require_user
 
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
+MAX_TITLE_CHARS = 200
+MAX_SEQ = 2**63 - 1  # messages.seq is a bigint
 
 
 class CreateConversation(BaseModel):
     model_config = ConfigDict(extra="forbid")
     report_id: uuid.UUID | None = None
-    title: str | None = None
+    title: Annotated[DbText, Field(max_length=MAX_TITLE_CHARS)] | None = None
 
 
 def conversation_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -84,13 +92,30 @@ def _encode_cursor(updated_at: datetime, conv_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _bad_cursor() -> BadRequest:
+    return BadRequest("cursor is not valid", code="invalid_query", field="cursor")
+
+
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         stamp, conv_id = base64.urlsafe_b64decode(padded).decode().split("|")
-        return datetime.fromisoformat(stamp), uuid.UUID(conv_id)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("cursor is not valid", code="invalid_query") from None
+        when = datetime.fromisoformat(stamp)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.astimezone(UTC), uuid.UUID(conv_id)
+    except (ValueError, UnicodeDecodeError, OverflowError):
+        raise _bad_cursor() from None
+
+
+def _decode_seq(cursor: str) -> int:
+    try:
+        seq = int(cursor)
+    except ValueError:
+        raise _bad_cursor() from None
+    if not 0 <= seq <= MAX_SEQ:
+        raise _bad_cursor()
+    return seq
 
 
 async def create_conversation(request: Request) -> JSON:
@@ -133,12 +158,7 @@ async def get_conversation(request: Request) -> JSON:
     conversation_id = path_uuid(request, "conversation_id")
     limit = page_limit(request)
     raw_cursor = request.query_params.get("cursor")
-    after: int | None = None
-    if raw_cursor:
-        try:
-            after = int(raw_cursor)
-        except ValueError:
-            raise BadRequest("cursor is not valid", code="invalid_query") from None
+    after = _decode_seq(raw_cursor) if raw_cursor else None
     async with request.state.db.acquire() as conn:
         conv = await repo.get_conversation(
             conn, conversation_id=conversation_id, user_id=user.user_id

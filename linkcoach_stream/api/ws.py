@@ -9,8 +9,14 @@ Protocol (also in the README):
 - Client frames: `question`, `cancel`, `resume`, `ping`. Server frames mirror the SSE
   events (`meta`, `delta`, `done`, `error`, each with `id` and `message_id`) plus `pong`,
   `ready` and `cancel_ack`. A bad frame gets an `error` frame; the socket stays open.
-- Close codes: 4401 auth failed/expired, 4403 origin refused, 1009 frame too large,
-  1011 server error, 1012 server restarting.
+- A socket is held to what each HTTP request is held to. `resume` and `cancel` frames pay
+  the per-user request limit their HTTP routes pay (a replay can be thousands of frames);
+  over it the socket gets an `error` frame and is closed with 4429. A `question` frame
+  pays the turn limit inside the chat service, and over that it stays an `error` frame
+  with the socket open. Each `question` also looks the user up (one primary-key read,
+  as every HTTP request does): a user deleted since the socket opened gets 4401.
+- Close codes: 4401 auth failed/expired or user gone, 4403 origin refused, 4429 rate
+  limited, 1009 frame too large, 1011 server error, 1012 server restarting.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from pydantic import ValidationError
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from ..errors import AppError, Unauthorized
+from ..db.repositories import users
+from ..errors import AppError, RateLimited, Unauthorized
 from ..services.auth import Principal
 from ..services.chat import ChatService
 from ..services.streams import StreamEvent
@@ -53,6 +60,30 @@ class Session:
 
     async def error(self, code: str, message: str, **extra: Any) -> None:
         await self.send_text_frame({"type": "error", "code": code, "message": message, **extra})
+
+    async def close_with(self, exc: AppError) -> None:
+        await self.error(exc.code, exc.message, **exc.extra)
+        await self.ws.close(code=exc.ws_close, reason=exc.message[:120])
+
+    async def paid(self) -> bool:
+        """Charge a frame to the per-user request limit; False (socket closed) when over."""
+        limiter = getattr(self.ws.state, "limiter", None)
+        if limiter is None:
+            return True
+        try:
+            await limiter.hit("user", self.user.user_id)
+        except RateLimited as exc:
+            await self.close_with(exc)
+            return False
+        return True
+
+    async def user_exists(self) -> bool:
+        """False (socket closed with 4401) when the user was deleted after connecting."""
+        async with self.ws.state.db.acquire() as db:
+            if await users.is_active(db, user_id=self.user.user_id):
+                return True
+        await self.close_with(Unauthorized("the token's user does not exist", code="unknown_user"))
+        return False
 
     def forward(self, message_id: str, events: Any) -> None:
         async def run() -> None:
@@ -89,10 +120,14 @@ class Session:
             elif kind == "question":
                 await self._question(frame)
             elif kind == "cancel":
+                if not await self.paid():
+                    return
                 message_id = _uuid(frame.get("message_id"), "message_id")
                 result = await self.chat.cancel(self.user, message_id)
                 await self.send_text_frame({"type": "cancel_ack", **result})
             elif kind == "resume":
+                if not await self.paid():
+                    return
                 message_id = _uuid(frame.get("message_id"), "message_id")
                 after = frame.get("last_event_id", 0)
                 if not isinstance(after, int) or isinstance(after, bool) or after < 0:
@@ -109,6 +144,8 @@ class Session:
             await self.error(exc.code, exc.message, **exc.extra)
 
     async def _question(self, frame: dict[str, Any]) -> None:
+        if not await self.user_exists():
+            return
         if len(self.forwarders) >= MAX_CONCURRENT_TURNS:
             await self.error("too_many_turns", "wait for a running answer to finish")
             return

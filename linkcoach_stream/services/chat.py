@@ -31,6 +31,10 @@ from .ratelimit import RateLimiter
 from .streams import Job, StreamEvent, StreamHub
 
 _HISTORY_ROWS = 40
+# What a client is told when the provider fails. The provider's own text (which can quote
+# keys, prompts, internal addresses) goes to the log only; clients switch on the code.
+PROVIDER_FAILED = "the coach could not answer this time; please ask again"
+GENERATION_FAILED = "the answer could not be generated; please ask again"
 log = logging.getLogger(__name__)
 
 
@@ -332,12 +336,22 @@ class ChatService:
             self.metrics.llm_errors.labels(provider, "total_timeout").inc()
         except LLMError as exc:
             status, finish_reason, error_code = "error", "error", "llm_error"
-            error_message = str(exc)
+            error_message = PROVIDER_FAILED
             self.metrics.llm_errors.labels(provider, exc.kind).inc()
+            log.warning(
+                "provider failed during an answer",
+                extra={"message_id": started.message_id, "provider": provider, "kind": exc.kind},
+                exc_info=exc,
+            )
         except Exception as exc:  # noqa: BLE001 - a job must always end with an event
             status, finish_reason, error_code = "error", "error", "internal_error"
-            error_message = f"generation failed: {type(exc).__name__}"
+            error_message = GENERATION_FAILED
             self.metrics.llm_errors.labels(provider, "internal").inc()
+            log.error(
+                "answer generation failed",
+                extra={"message_id": started.message_id, "provider": provider},
+                exc_info=exc,
+            )
         finally:
             self.metrics.active_generations.dec()
             flush()

@@ -16,6 +16,10 @@ Flow of `ReportService.interpret`:
    released by compare-and-delete) and the others poll the hot key until the report lands,
    the lock frees up (a waiter then takes it over), or the wait bound passes (503 with
    Retry-After). The result is written through to Postgres, then Redis.
+5. Only the generation itself, found in neither tier, pays the user's hourly budget
+   (`RATE_LIMIT_REPORTS_PER_HOUR`, a Redis token bucket shared by every process; 429
+   `rate_limited` with Retry-After when spent). Cache hits, and requests that wait for
+   another request's generation, are free.
 
 Deliberate decisions (do not "fix"):
 
@@ -24,6 +28,12 @@ Deliberate decisions (do not "fix"):
   knowledge-base version and the provider/model. The provider is in the key so a report
   composed offline is never served as a Gemini one, nor the reverse. Answers are keyed
   as given and classified only on a miss, so a cache hit never runs the classifier.
+- Scores are keyed at one decimal (`report_scores`), the precision the report is
+  written from: the type comes from the exact scores (the >= 4.5 rule, so 4.46 and 4.54
+  stay two types and two keys), and everything else the report says (the score line, the
+  order of dimensions to work on, the compatibility scores) is computed from the scores
+  rounded to one decimal, which are also what is stored and returned. Scores 4.81 and
+  4.84 are one report and one LLM call; keyed at four decimals they were two.
 - `cached` is false only for the request that ran the generation; requests that waited
   for someone else's generation get `cached: true` and the same `report_id`.
 - Redis is an accelerator, never a dependency: every Redis failure is logged (at most
@@ -87,12 +97,13 @@ from ..domain.taxonomy import (
     code_from_scores,
     resolve_type,
 )
-from ..errors import ServiceUnavailable, ValidationFailed
+from ..errors import RateLimited, ServiceUnavailable, ValidationFailed
 from ..llm.base import LLMError, LLMProvider, PassageLike
 from ..llm.prompts import context_block, type_context
 from ..metrics import Metrics
 from ..ml.classifier import ITEM_IDS, LeadershipClassifier, scores_from_answers
 from .auth import Principal
+from .ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +113,7 @@ _COMPOSER_REVISION = "1"
 OFFLINE_LABEL = "[오프라인 리포트] "
 OFFLINE_MODEL = "offline-report-composer-1"
 FALLBACK_TTL_S = 300
+REPORT_SCORE_DECIMALS = 1
 LOCK_TTL_MS = 15_000
 _HEARTBEAT_S = LOCK_TTL_MS / 1000 / 3
 _POLL_MIN_S = 0.02
@@ -382,12 +394,20 @@ def _parse_scores(raw: dict[Any, Any]) -> dict[str, float]:
     return scores
 
 
+def report_scores(scores: Mapping[str, float] | None) -> dict[str, float] | None:
+    """The scores a report is written from and keyed by: one decimal, as the report shows
+    them. The type is decided from the exact scores before this rounding."""
+    if scores is None:
+        return None
+    return {d: round(v, REPORT_SCORE_DECIMALS) for d, v in scores.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class ReportInputs:
     user_id: str
     cache_key: str
     code: str | None  # None when answers decide it (classified on a miss)
-    scores: dict[str, float] | None
+    scores: dict[str, float] | None  # exact; they decide the type by the 4.5 rule
     answers: dict[str, int] | None
 
 
@@ -851,10 +871,12 @@ class ReportService:
         provider: LLMProvider,
         retriever: Retrieval | None,
         metrics: Metrics,
+        limiter: RateLimiter | None = None,
         classifier: LeadershipClassifier | None = None,
         knowledge: ReportKnowledge | None = None,
     ) -> None:
         self.settings = settings
+        self.limiter = limiter
         self.pool = pool
         self.redis = redis
         self.provider = provider
@@ -924,7 +946,7 @@ class ReportService:
         material = {
             "code": code,
             "answers": answers,
-            "scores": None if answers is not None else scores,
+            "scores": None if answers is not None else report_scores(scores),
             "classifier": self._classifier_id if answers is not None else None,
             "prompt": self.prompt_version,
             "kb": self.kb_version,
@@ -1108,9 +1130,11 @@ class ReportService:
     async def _generate(self, inputs: ReportInputs) -> tuple[ReportResult, bool]:
         """(result, whether this call's report is the stored one); without the Redis lock
         another writer's fresh row may win, and then this one is discarded."""
+        await self._charge(inputs)
         code, confidence, all_scores = await self._classify(inputs)
         leader = BY_CODE[code]
-        composed = await self._compose(leader, inputs.scores)
+        scores = report_scores(inputs.scores)
+        composed = await self._compose(leader, scores)
         try:
             async with self.pool.acquire() as conn:
                 row, written = await repo.store_report(
@@ -1120,7 +1144,7 @@ class ReportService:
                     cache_key=inputs.cache_key,
                     leadership_type=leader.name,
                     leadership_code=leader.code,
-                    scores=inputs.scores,
+                    scores=scores,
                     confidence=confidence,
                     all_scores=all_scores,
                     report=composed.report.model_dump(),
@@ -1146,6 +1170,19 @@ class ReportService:
             },
         )
         return ReportResult(cached=False, data=data), True
+
+    async def _charge(self, inputs: ReportInputs) -> None:
+        """Take one generation from the user's hourly budget, or refuse with 429."""
+        if self.limiter is None:
+            return
+        try:
+            await self.limiter.hit("reports", inputs.user_id)
+        except RateLimited as exc:
+            raise RateLimited(
+                f"at most {self.settings.rate_reports_per_hour:g} new reports per hour; "
+                f"reports already generated are still served; retry in {exc.retry_after:.0f}s",
+                retry_after=exc.retry_after,
+            ) from None
 
     async def _compose(self, leader: LeadershipType, scores: dict[str, float] | None) -> _Composed:
         normal_ttl = timedelta(days=self.settings.report_ttl_days)

@@ -3,15 +3,17 @@ frames: bad input must never produce a 5xx, a stack trace or a hang."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import API_KEY, ServerProcess
@@ -47,6 +49,7 @@ async def fuzz_server(settings) -> AsyncIterator[ServerProcess]:  # type: ignore
             rate_user_per_min=0.0,
             rate_auth_failures_per_min=0.0,
             max_streams_per_user=0,
+            rate_reports_per_hour=0.0,
         )
     ).start()
     try:
@@ -201,6 +204,92 @@ def test_query_parameters_never_cause_a_server_error(
         headers={"Last-Event-ID": "".join(c for c in limit if 32 < ord(c) < 127) or "x"},
     )
     check(r)
+
+
+# Text with a NUL somewhere: Postgres `text` cannot hold it, so it must be refused by name.
+NUL_TEXT = st.tuples(st.text(max_size=20), st.text(max_size=20)).map(lambda p: f"{p[0]}\x00{p[1]}")
+STORED_TEXT = st.sampled_from(
+    [
+        ("/api/v1/conversations", "title", {}),
+        ("/api/v1/coaching/query", "client_message_id", {"question": "질문"}),
+        ("/api/v1/auth/token", "email", {"user_id": "fuzz-nul"}),
+    ]
+)
+UTC_OFFSETS = st.timedeltas(
+    min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23, minutes=59)
+)
+CURSOR_TIMES = st.datetimes(timezones=st.none() | st.builds(timezone, UTC_OFFSETS))
+
+
+@FUZZ
+@given(text=NUL_TEXT, target=STORED_TEXT)
+def test_nul_characters_in_stored_text_are_422_naming_the_field(
+    http: httpx.Client, token: str, text: str, target: tuple[str, str, dict[str, Any]]
+) -> None:
+    path, field, body = target
+    r = call(
+        http,
+        "post",
+        path,
+        token,
+        content=json.dumps({**body, field: text}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    check(r)
+    assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+
+
+@pytest.fixture(scope="module")
+def conversation_id(http: httpx.Client, token: str) -> str:
+    r = call(http, "post", "/api/v1/conversations", token, json={"title": "fuzz"})
+    assert r.status_code == 201
+    return str(r.json()["id"])
+
+
+@FUZZ
+@given(stamp=CURSOR_TIMES, seq=st.integers())
+def test_cursors_of_any_time_or_size_are_a_page_or_a_400(
+    http: httpx.Client, token: str, conversation_id: str, stamp: Any, seq: int
+) -> None:
+    raw = f"{stamp.isoformat()}|{uuid.uuid4()}".encode()
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    r = call(http, "get", "/api/v1/conversations", token, params={"cursor": cursor})
+    check(r)
+    assert r.status_code in (200, 400), r.text
+    r = call(http, "get", f"/api/v1/conversations/{conversation_id}", token, params={"cursor": seq})
+    check(r)
+    assert r.status_code in (200, 400), r.text
+    assert (r.status_code == 200) == (0 <= seq < 2**63), (seq, r.text)
+
+
+SCORE = st.floats(min_value=1.0, max_value=6.0)
+DIMENSIONS = ("공유", "상호작용", "성장")
+
+
+@FUZZ
+@given(
+    scores=st.tuples(SCORE, SCORE, SCORE),
+    nudges=st.tuples(*[st.floats(min_value=-0.04, max_value=0.04)] * 3),
+)
+def test_report_scores_that_round_alike_on_the_same_side_of_high_share_a_report(
+    http: httpx.Client, token: str, scores: tuple[float, ...], nudges: tuple[float, ...]
+) -> None:
+    nearby = tuple(min(6.0, max(1.0, round(s, 1) + n)) for s, n in zip(scores, nudges, strict=True))
+    for a, b in zip(scores, nearby, strict=True):
+        assume(round(a, 1) == round(b, 1) and (a >= 4.5) == (b >= 4.5))
+    first, second = (
+        call(
+            http,
+            "post",
+            "/api/v1/coaching/interpretation",
+            token,
+            json={"assessment": dict(zip(DIMENSIONS, values, strict=True))},
+        )
+        for values in (scores, nearby)
+    )
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    assert second.json()["report_id"] == first.json()["report_id"]
+    assert second.json()["cached"] is True
 
 
 @FUZZ
