@@ -22,6 +22,7 @@ const MAX_RECONNECTS = 12;
 const CANCEL_GRACE_MS = 8000;
 const WS_PING_MS = 20000;
 const TOKEN_WAIT_MS = 15000;
+const MAX_TOKEN_RETRIES = 2;
 const DIMENSIONS = [
   ["공유", "목표 공유와 참여"],
   ["상호작용", "관계와 소통"],
@@ -626,6 +627,7 @@ class Turn {
     this.cancelRequested = false;
     this.cancelSent = false;
     this.reconnects = 0;
+    this.tokenRetries = 0;
     this.controller = null;
     this.localStop = new AbortController();
     this.buildUi();
@@ -916,7 +918,7 @@ async function runSse(turn) {
         if (response.status === 401) {
           authExpired(data && data.error ? data.error.code : null);
           // The same request again with the parent's new token; nothing started yet.
-          if (await waitForToken()) continue;
+          if (turn.tokenRetries++ < MAX_TOKEN_RETRIES && (await waitForToken())) continue;
         }
         if (!retryable) {
           turn.failLocally(errorText(response.status, data, response));
@@ -1070,7 +1072,7 @@ async function runWs(turn) {
       await wsChannel.open();
     } catch (err) {
       if (state.authFailed) {
-        if (await waitForToken()) continue;
+        if (turn.tokenRetries++ < MAX_TOKEN_RETRIES && (await waitForToken())) continue;
         turn.failLocally("인증이 만료되었습니다.");
         return;
       }
