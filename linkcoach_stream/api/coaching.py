@@ -211,7 +211,11 @@ async def legacy_chat(request: Request) -> JSON:
     user = await require_user(request)
     settings = request.state.settings
     body = await read_model(request, LegacyChatRequest, limit=settings.chat_max_body_bytes)
-    history = clean_history(body.conversationHistory, max_chars=settings.chat_history_item_chars)
+    history = clean_history(
+        body.conversationHistory,
+        max_chars=settings.chat_history_item_chars,
+        question=body.question,
+    )
     async with request.state.db.acquire() as conn:
         conversation_id = await find_continued_conversation(
             conn, user_id=user.user_id, history=history

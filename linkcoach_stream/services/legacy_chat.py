@@ -57,8 +57,12 @@ COMPARE_CHARS = 400
 SIMILAR_TRIGRAMS = 0.6
 
 
-def clean_history(items: Iterable[Any], *, max_chars: int) -> list[Turn]:
-    """The widget's history as prompt turns: known roles only, text cut to `max_chars`."""
+def clean_history(
+    items: Iterable[Any], *, max_chars: int, question: str | None = None
+) -> list[Turn]:
+    """The widget's history as prompt turns: known roles only, text cut to `max_chars`,
+    and without a last item that is the question itself (a client that appends the
+    question before sending the list would otherwise ask it twice)."""
     turns: list[Turn] = []
     for item in items:
         if not isinstance(item, dict):
@@ -68,6 +72,9 @@ def clean_history(items: Iterable[Any], *, max_chars: int) -> list[Turn]:
         if role is None or not isinstance(content, str) or not content.strip():
             continue
         turns.append(Turn(role, content[:max_chars]))
+    if question is not None and turns and turns[-1].role == "user":
+        if turns[-1].content.strip() == question.strip():
+            turns.pop()
     return turns
 
 

@@ -317,6 +317,25 @@ async def test_an_oversize_item_is_cut_and_other_roles_never_reach_the_model(
     assert clean_history([{"role": "SYSTEM", "content": "x"}], max_chars=10) == []
 
 
+async def test_a_history_that_already_ends_with_the_question_does_not_ask_it_twice(
+    http: httpx.AsyncClient, provider: RecordingProvider
+) -> None:
+    user = await make_user(http)
+    history = [
+        {"role": "assistant", "content": GREETING},
+        {"role": "user", "content": "첫 질문"},
+        {"role": "assistant", "content": "첫 답변"},
+        {"role": "user", "content": "두 번째 질문 "},
+    ]
+    r = await http.post(
+        "/chat",
+        json={"question": "두 번째 질문", "conversationHistory": history},
+        headers=user.headers,
+    )
+    assert r.status_code == 200, r.text
+    assert [t.content for t in provider.prompts[-1].history] == ["첫 질문", "첫 답변"]
+
+
 # -- the matching rule itself ------------------------------------------------------------
 
 
