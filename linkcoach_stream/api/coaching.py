@@ -45,7 +45,10 @@ class LegacyChatRequest(BaseModel):
     `{role, content}`; they are cleaned, never refused (`services/legacy_chat.py`)."""
 
     question: str
-    conversationHistory: list[Any] = Field(default_factory=list)  # noqa: N815
+    conversationHistory: list[Any] = Field(  # noqa: N815
+        default_factory=list,
+        description="the visible messages before the question, [{role, content}], any length",
+    )
 
 
 def _chat(request: Request) -> ChatService:
