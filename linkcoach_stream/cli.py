@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .config import ConfigError, Settings
+from .config import DEV_API_KEY, ConfigError, Settings
 from .logging_setup import configure_logging
+
+APP_FACTORY = "linkcoach_stream.app:create_app"
 
 
 def _out(text: str) -> None:
@@ -48,6 +51,33 @@ def serve_options(settings: Settings, *, workers: int = 1) -> dict[str, Any]:
     }
 
 
+def ready_banner(settings: Settings, *, port: int) -> str:
+    """What `linkcoach serve` prints once it answers: where to click first and how to get
+    a token. The API key is shown only when it is the published development key."""
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    base = f"http://{host}:{port}"
+    dev_key = settings.dev_defaults_allowed and not settings.api_keys
+    key = DEV_API_KEY if dev_key else "<a key from LINKCOACH_API_KEYS>"
+    lines = [f"Link-Coach Stream is ready on {base}"]
+    if not settings.is_production:
+        lines += [
+            f"  Demo page (gets a demo token and embeds the widget): {base}/demo",
+            f"  A demo user's token: curl -s -X POST {base}/demo/token \\",
+            "      -H 'Content-Type: application/json' -d '{}'",
+        ]
+    lines += [
+        "  A token for a user of your own (as the parent site's backend does):",
+        f"    curl -s -X POST {base}/api/v1/auth/token -H 'X-API-Key: {key}' \\",
+        "      -H 'Content-Type: application/json' -d '{\"user_id\": \"u1\"}'",
+        f'  Embed it: <script src="{base}/embed.js"></script>, API: {base}/openapi.json',
+    ]
+    return "\n".join(lines)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -58,8 +88,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ).validate()
     workers = args.workers or int(os.environ.get("WEB_CONCURRENCY", "1"))
     configure_logging(settings.log_level)
-    uvicorn.run("linkcoach_stream.app:create_app", **serve_options(settings, workers=workers))
-    return 0
+    options = serve_options(settings, workers=workers)
+    if workers > 1:
+        uvicorn.run(APP_FACTORY, **options)
+        return 0
+
+    class ReadyServer(uvicorn.Server):
+        """Prints the ready banner once the lifespan (migrations, ingestion) is done and
+        the socket listens."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:
+                port = self.servers[0].sockets[0].getsockname()[1] if self.servers else 0
+                _out(ready_banner(settings, port=port or settings.port))
+
+    server = ReadyServer(uvicorn.Config(APP_FACTORY, **options))
+    server.run()
+    # uvicorn.run's exit status when the server never started (a bind or lifespan error).
+    return 0 if server.started else 3
 
 
 async def _migrate(settings: Settings) -> list[int]:

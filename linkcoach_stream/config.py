@@ -136,6 +136,9 @@ class Settings:
 
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 64 * 1024
+    # `/chat` carries the whole visible conversation every turn: 200 long turns fit.
+    chat_max_body_bytes: int = 4 * 1024 * 1024
+    chat_history_item_chars: int = 8000
     max_question_chars: int = 2000
     report_ttl_days: int = 30
     report_cache_ttl_s: int = 24 * 3600
@@ -307,6 +310,8 @@ class Settings:
             api_keys=_csv(get("LINKCOACH_API_KEYS", "") or ""),
             cors_origins=_csv(get("CORS_ORIGINS", "") or ""),
             max_body_bytes=int(num("MAX_BODY_BYTES", d.max_body_bytes)),
+            chat_max_body_bytes=int(num("CHAT_MAX_BODY_BYTES", d.chat_max_body_bytes)),
+            chat_history_item_chars=int(num("CHAT_HISTORY_ITEM_CHARS", d.chat_history_item_chars)),
             max_question_chars=int(num("MAX_QUESTION_CHARS", d.max_question_chars)),
             report_ttl_days=int(num("REPORT_TTL_DAYS", d.report_ttl_days)),
             report_cache_ttl_s=int(num("REPORT_CACHE_TTL", d.report_cache_ttl_s)),

@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..errors import BadRequest
-from ..llm.base import Turn
+from ..errors import BadRequest, NotFound
 from ..services.chat import ChatService, TurnRequest, collect
+from ..services.legacy_chat import clean_history, find_continued_conversation
 from ..services.streams import StreamEvent
 from .common import JSON, DbText, path_uuid, read_model, require_user
 
@@ -39,14 +40,15 @@ class QueryRequest(BaseModel):
         )
 
 
-class LegacyTurn(BaseModel):
-    role: Literal["user", "assistant", "model"]
-    content: str = Field(max_length=8000)
-
-
 class LegacyChatRequest(BaseModel):
+    """`POST /chat` as the product's widget sends it. History items are
+    `{role, content}`; they are cleaned, never refused (`services/legacy_chat.py`)."""
+
     question: str
-    conversationHistory: list[LegacyTurn] = Field(default_factory=list, max_length=50)  # noqa: N815
+    conversationHistory: list[Any] = Field(  # noqa: N815
+        default_factory=list,
+        description="the visible messages before the question, [{role, content}], any length",
+    )
 
 
 def _chat(request: Request) -> ChatService:
@@ -207,14 +209,31 @@ async def query(request: Request) -> JSON:
 
 
 async def legacy_chat(request: Request) -> JSON:
+    """One turn for the product's widget: the answer in one JSON body, stored in the
+    conversation the history continues (a new one when it continues none)."""
     user = await require_user(request)
-    body = await read_model(request, LegacyChatRequest)
-    history = tuple(
-        Turn("user" if t.role == "user" else "assistant", t.content)
-        for t in body.conversationHistory
+    settings = request.state.settings
+    body = await read_model(request, LegacyChatRequest, limit=settings.chat_max_body_bytes)
+    history = clean_history(
+        body.conversationHistory,
+        max_chars=settings.chat_history_item_chars,
+        question=body.question,
     )
+    async with request.state.db.acquire() as conn:
+        conversation_id = await find_continued_conversation(
+            conn, user_id=user.user_id, history=history
+        )
     chat = _chat(request)
-    started = await chat.start_turn(user, TurnRequest(question=body.question, history=history))
+    turn = TurnRequest(
+        question=body.question, conversation_id=conversation_id, history=tuple(history)
+    )
+    try:
+        started = await chat.start_turn(user, turn)
+    except NotFound:
+        if conversation_id is None:
+            raise
+        # Deleted since it was matched: the turn starts a new conversation instead.
+        started = await chat.start_turn(user, replace(turn, conversation_id=None))
     text, events = await collect(await chat.turn_events(user, started))
     result, status = turn_result(text, events)
     if status != 200:

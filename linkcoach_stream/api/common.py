@@ -44,8 +44,10 @@ class JSON(Response):
         return dumps(content)
 
 
-async def read_body(request: Request) -> bytes:
-    limit: int = request.state.settings.max_body_bytes
+async def read_body(request: Request, *, limit: int | None = None) -> bytes:
+    """The body, refused with 413 past `limit` (default `MAX_BODY_BYTES`)."""
+    if limit is None:
+        limit = int(request.state.settings.max_body_bytes)
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -83,8 +85,8 @@ def validate(model: type[M], data: Any) -> M:
         raise ValidationFailed(f"{field}: {first['msg']}", field=field) from exc
 
 
-async def read_model(request: Request, model: type[M]) -> M:
-    return validate(model, parse_json_bytes(await read_body(request)))
+async def read_model(request: Request, model: type[M], *, limit: int | None = None) -> M:
+    return validate(model, parse_json_bytes(await read_body(request, limit=limit)))
 
 
 def bearer_token(conn: HTTPConnection) -> str:

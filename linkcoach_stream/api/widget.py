@@ -1,9 +1,10 @@
 """The embeddable widget (static files) and the demo parent page.
 
 Routes (no prefix): `GET /widget/` (the page a parent site puts in an iframe),
-`GET /widget/linkcoach.js`, `GET /widget/linkcoach.css`; outside production also
-`GET /demo` (a parent page that embeds the widget), its script and stylesheet, and
-`POST /demo/token` (a development token for a random demo user).
+`GET /widget/linkcoach.js`, `GET /widget/linkcoach.css`, `GET /embed.js` (the script a
+parent site loads: the product's `LinkCoach` API in front of `/widget/`); outside
+production also `GET /demo` (a parent page that embeds the widget), its script and
+stylesheet, and `POST /demo/token` (a development token for a random demo user).
 
 Deliberate decisions (do not "fix"):
 
@@ -154,6 +155,10 @@ async def widget_page(request: Request) -> Response:
     )
 
 
+async def embed_script(request: Request) -> Response:
+    return _asset(request, "embed.js")
+
+
 async def widget_asset(request: Request) -> Response:
     name = request.path_params["name"]
     if name not in WIDGET_ASSETS:
@@ -229,6 +234,7 @@ async def demo_token(request: Request) -> JSON:
 routes: list[BaseRoute] = [
     Route("/widget/", widget_page, methods=["GET"], name="widget:page"),
     Route("/widget/{name}", widget_asset, methods=["GET"], name="widget:asset"),
+    Route("/embed.js", embed_script, methods=["GET"], name="widget:embed"),
     Route("/demo", demo_page, methods=["GET"], name="demo:page"),
     Route("/demo/token", demo_token, methods=["POST"], name="demo:token"),
     Route("/demo/{name}", demo_asset, methods=["GET"], name="demo:asset"),

@@ -4,8 +4,12 @@
 // Decisions worth keeping:
 // - Model output (and anything else from the network or the parent) is only ever written
 //   with textContent / Text nodes, never innerHTML. The page's CSP also forbids inline code.
-// - INIT_WIDGET is accepted only from the parent (or opener) window and only from an
-//   allow-listed origin (the server renders CORS_ORIGINS into a <meta>) or this origin.
+// - INIT_WIDGET / UPDATE_USER are accepted only from the parent (or opener) window and only
+//   from an allow-listed origin (the server renders CORS_ORIGINS into a <meta>) or this
+//   origin. Their fields may come under `data` (the product's embed.js, /embed.js) or
+//   `payload`; messages to the parent carry both keys.
+// - A call that gets 401 posts WIDGET_TOKEN_EXPIRED and waits up to TOKEN_WAIT_MS for the
+//   parent to send a new token (INIT_WIDGET again or UPDATE_USER {token}), then retries.
 // - The chat streams over fetch (POST with an Authorization header; EventSource cannot
 //   send one) or a WebSocket (subprotocol ["bearer", token]). A dropped connection is
 //   resumed from the last event id; only the stop button cancels a generation.
@@ -17,6 +21,8 @@ const OWN_ORIGIN = window.location.origin;
 const MAX_RECONNECTS = 12;
 const CANCEL_GRACE_MS = 8000;
 const WS_PING_MS = 20000;
+const TOKEN_WAIT_MS = 15000;
+const MAX_TOKEN_RETRIES = 2;
 const DIMENSIONS = [
   ["공유", "목표 공유와 참여"],
   ["상호작용", "관계와 소통"],
@@ -154,15 +160,16 @@ function embeddingOrigin() {
 }
 
 function notifyParent(type, payload) {
+  const message = payload === undefined ? { type } : { type, data: payload, payload };
   if (state.parent) {
-    state.parent.window.postMessage(payload === undefined ? { type } : { type, payload }, state.parent.origin);
+    state.parent.window.postMessage(message, state.parent.origin);
     return;
   }
   const target = embeddingWindow();
   const origin = embeddingOrigin();
   if (!target || (origin && !originAllowed(origin))) return;
   // WIDGET_READY carries nothing secret; "*" only when the parent's origin is unknown.
-  target.postMessage(payload === undefined ? { type } : { type, payload }, origin || "*");
+  target.postMessage(message, origin || "*");
 }
 
 function onMessage(event) {
@@ -170,9 +177,12 @@ function onMessage(event) {
   const source = event.source;
   if (!source || source === window || (source !== window.parent && source !== window.opener)) return;
   const message = event.data;
-  if (!message || typeof message !== "object" || message.type !== "INIT_WIDGET") return;
+  if (!message || typeof message !== "object") return;
+  if (message.type !== "INIT_WIDGET" && message.type !== "UPDATE_USER") return;
   state.parent = { window: source, origin: event.origin };
-  init(message.payload);
+  const fields = message.data !== undefined && message.data !== null ? message.data : message.payload;
+  if (message.type === "INIT_WIDGET") init(fields);
+  else updateUser(fields);
 }
 
 // -- initialisation -------------------------------------------------------------------------
@@ -239,27 +249,64 @@ function init(payload) {
   const user = subject || userId;
   if (state.token && state.userId === user) {
     // The same user again: a fresh token from the parent (e.g. the old one expired).
-    state.token = token;
-    state.authFailed = false;
-    wsChannel.close();
-    notice("인증 정보를 갱신했습니다.");
+    refreshToken(token);
     if (!state.report) loadReport();
-    updateControls();
     return;
   }
   if (state.token) resetChat();
   state.token = token;
   state.userId = user;
   state.authFailed = false;
-  state.leadershipType =
-    typeof payload.leadershipType === "string" && payload.leadershipType.trim()
-      ? payload.leadershipType.trim().slice(0, 64)
-      : null;
+  state.leadershipType = leadershipTypeOf(payload.leadershipType);
   state.assessment = normalizeAssessment(payload.assessmentData);
   state.report = null;
   notice("");
   updateControls();
   loadReport();
+}
+
+function leadershipTypeOf(value) {
+  return typeof value === "string" && value.trim() ? value.trim().slice(0, 64) : null;
+}
+
+function refreshToken(token) {
+  state.token = token;
+  state.authFailed = false;
+  wsChannel.close();
+  notice("인증 정보를 갱신했습니다.");
+  updateControls();
+  const waiting = tokenWaiters.splice(0);
+  for (const resolve of waiting) resolve(true);
+}
+
+/** UPDATE_USER: a new token, type or assessment for the same user; another user starts over. */
+function updateUser(data) {
+  if (!data || typeof data !== "object") return;
+  const userId = data.userId === undefined || data.userId === null ? state.userId : String(data.userId);
+  if (!state.token || userId !== state.userId) {
+    init({ ...data, token: data.token || state.token, userId });
+    return;
+  }
+  if (data.token !== undefined) {
+    const token = typeof data.token === "string" ? data.token.trim() : "";
+    const subject = TOKEN_PATTERN.test(token) ? tokenSubject(token) : null;
+    if (!TOKEN_PATTERN.test(token) || (subject && subject !== state.userId)) {
+      notifyParent("WIDGET_ERROR", { code: TOKEN_PATTERN.test(token) ? "user_mismatch" : "invalid_token" });
+      return;
+    }
+    refreshToken(token);
+  }
+  let reload = !state.report;
+  if (data.leadershipType !== undefined) {
+    const type = leadershipTypeOf(data.leadershipType);
+    reload = reload || type !== state.leadershipType;
+    state.leadershipType = type;
+  }
+  if (data.assessmentData !== undefined) {
+    state.assessment = normalizeAssessment(data.assessmentData);
+    reload = true;
+  }
+  if (reload) loadReport();
 }
 
 function initFromFragment() {
@@ -318,7 +365,7 @@ function errorText(status, data, response) {
   return code ? `요청을 처리하지 못했습니다. (${code})` : "요청을 처리하지 못했습니다.";
 }
 
-async function api(method, path, body) {
+async function api(method, path, body, retried = false) {
   const response = await fetch(API + path, {
     method,
     headers: authHeaders(body === undefined ? {} : { "Content-Type": "application/json" }),
@@ -326,16 +373,42 @@ async function api(method, path, body) {
     cache: "no-store",
   });
   const data = await readJson(response);
-  if (response.status === 401) authExpired(data && data.error ? data.error.code : "unauthorized");
+  if (response.status === 401) {
+    authExpired(data && data.error ? data.error.code : "unauthorized");
+    if (!retried && (await waitForToken())) return api(method, path, body, true);
+  }
   return { ok: response.ok, status: response.status, data, response };
 }
+
+const tokenWaiters = [];
 
 function authExpired(code) {
   if (state.authFailed) return;
   state.authFailed = true;
-  notice("인증이 만료되었습니다. 부모 페이지에서 새 토큰을 보내거나 새로고침해 주세요.", "error");
+  notice("인증이 만료되었습니다. 새 인증 정보를 기다리고 있습니다…", "error");
+  notifyParent("WIDGET_TOKEN_EXPIRED", { code: code || "unauthorized", status: 401 });
   notifyParent("WIDGET_ERROR", { code: code || "unauthorized", status: 401 });
   updateControls();
+}
+
+/** After a 401: true once the parent sent a new token, false after TOKEN_WAIT_MS. */
+function waitForToken() {
+  if (!state.authFailed) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      const i = tokenWaiters.indexOf(done);
+      if (i >= 0) tokenWaiters.splice(i, 1);
+      if (state.authFailed) {
+        notice("인증이 만료되었습니다. 부모 페이지에서 새 토큰을 보내거나 새로고침해 주세요.", "error");
+      }
+      resolve(false);
+    }, TOKEN_WAIT_MS);
+    function done(value) {
+      clearTimeout(timer);
+      resolve(value);
+    }
+    tokenWaiters.push(done);
+  });
 }
 
 // -- the report -----------------------------------------------------------------------------
@@ -554,6 +627,7 @@ class Turn {
     this.cancelRequested = false;
     this.cancelSent = false;
     this.reconnects = 0;
+    this.tokenRetries = 0;
     this.controller = null;
     this.localStop = new AbortController();
     this.buildUi();
@@ -841,8 +915,12 @@ async function runSse(turn) {
         const data = await readJson(response);
         // 409: this client_message_id is still being set up; 5xx: try again.
         retryable = response.status === 409 || response.status >= 500;
+        if (response.status === 401) {
+          authExpired(data && data.error ? data.error.code : null);
+          // The same request again with the parent's new token; nothing started yet.
+          if (turn.tokenRetries++ < MAX_TOKEN_RETRIES && (await waitForToken())) continue;
+        }
         if (!retryable) {
-          if (response.status === 401) authExpired(data && data.error ? data.error.code : null);
           turn.failLocally(errorText(response.status, data, response));
           return;
         }
@@ -994,6 +1072,7 @@ async function runWs(turn) {
       await wsChannel.open();
     } catch (err) {
       if (state.authFailed) {
+        if (turn.tokenRetries++ < MAX_TOKEN_RETRIES && (await waitForToken())) continue;
         turn.failLocally("인증이 만료되었습니다.");
         return;
       }

@@ -147,3 +147,14 @@ async def test_demo_does_not_exist_in_production(settings: Settings) -> None:
             assert (await c.get("/widget/")).status_code == 200
     finally:
         await stop_server(running)
+
+
+async def test_embed_script_is_served_at_the_root_with_its_api(client: httpx.AsyncClient) -> None:
+    r = await client.get("/embed.js")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/javascript")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    for name in ("init(", "sendInitData(", "updateUser(", "setToken(", "data-auto-init"):
+        assert name in r.text, name
+    again = await client.get("/embed.js", headers={"If-None-Match": r.headers["etag"]})
+    assert again.status_code == 304

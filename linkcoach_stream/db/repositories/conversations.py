@@ -189,6 +189,40 @@ async def recent_history(
     return list(reversed(rows))
 
 
+async def recent_tails(
+    conn: asyncpg.Connection,
+    *,
+    user_id: str,
+    conversations: int,
+    messages: int,
+    prefix_chars: int,
+) -> list[asyncpg.Record]:
+    """The last `messages` shown messages (the start of each, `prefix_chars` long) of the
+    user's `conversations` most recently updated conversations, one statement: rows of
+    (conversation_id, updated_at, role, content), newest conversation first, each
+    conversation's messages oldest first. Failed and still empty replies are left out:
+    a client never showed their text."""
+    return await conn.fetch(
+        """
+        SELECT c.id AS conversation_id, c.updated_at, m.role, m.content
+        FROM (
+            SELECT id, updated_at FROM conversations WHERE user_id = $1
+            ORDER BY updated_at DESC, id DESC LIMIT $2
+        ) c
+        CROSS JOIN LATERAL (
+            SELECT seq, role, left(content, $4) AS content FROM messages
+            WHERE conversation_id = c.id AND content <> '' AND status <> 'error'
+            ORDER BY seq DESC LIMIT $3
+        ) m
+        ORDER BY c.updated_at DESC, c.id, m.seq
+        """,
+        user_id,
+        conversations,
+        messages,
+        prefix_chars,
+    )
+
+
 async def insert_user_message(
     conn: asyncpg.Connection,
     *,
