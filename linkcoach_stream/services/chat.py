@@ -426,16 +426,20 @@ class ChatService:
 
     async def _events(self, row: asyncpg.Record, after: int) -> AsyncIterator[StreamEvent]:
         mid = str(row["id"])
-        if self.hub.local_job(mid) is None and row["status"] != "streaming":
-            last = await self.hub.last_buffered(mid)
-            if last is None or not last.terminal:
-                # The buffer has expired, or its producer died before writing the end:
-                # replay the stored message. A client that had part of it gets the whole
-                # text again under new ids, with `replay: true` in `meta` telling it to
-                # replace what it shows.
-                for ev in replay_from_row(row):
-                    yield StreamEvent(ev.id + after, ev.event, ev.data)
-                return
+        last = await self.hub.last_event(mid)
+        if last is not None and last.terminal and after >= last.id:
+            # The client has seen the end already: say it again rather than nothing.
+            yield last
+            return
+        logged_end = last is not None and last.terminal
+        if not logged_end and row["status"] != "streaming" and self.hub.local_job(mid) is None:
+            # The buffer has expired, or its producer died before writing the end: replay
+            # the stored message. A client that had part of it gets the whole text again
+            # under new ids, with `replay: true` in `meta` telling it to replace what it
+            # shows.
+            for ev in replay_from_row(row):
+                yield StreamEvent(ev.id + after, ev.event, ev.data)
+            return
         while True:
             try:
                 async for ev in self.hub.follow(mid, after):

@@ -224,9 +224,12 @@ class StreamHub:
         return False
 
     # -- reading ----------------------------------------------------------------------
-    async def last_buffered(self, message_id: str) -> StreamEvent | None:
-        """The newest event of the Redis log; None when there is none (expired, never
-        written) or Redis cannot be asked."""
+    async def last_event(self, message_id: str) -> StreamEvent | None:
+        """The newest event, from this process's job or else from the Redis log; None
+        when there is none (expired, never written) or Redis cannot be asked."""
+        job = self.jobs.get(message_id)
+        if job is not None:
+            return job.events[-1] if job.events else None
         try:
             entries: Any = await self.redis.xrevrange(self._events_key(message_id), count=1)
         except RedisError:
@@ -345,8 +348,8 @@ class StreamHub:
             await self._flush()
 
     async def _heartbeat(self) -> None:
-        """Renew the lease of every running job three times per lease period, so two
-        lost renewals in a row still leave it held."""
+        """Renew the lease of every running job three times per lease period, so one
+        lost renewal still leaves it held."""
         while True:
             await asyncio.sleep(self.lease_ttl_s / 3)
             live = [m for m, j in self.jobs.items() if not j.finished]

@@ -306,3 +306,29 @@ async def test_resume_of_a_stream_without_producer_ends_with_stream_lost(
         assert 1.5 <= elapsed < 2.0 + 3, elapsed
         row = await _message(dsn, str(orphan))
         assert row["status"] == "interrupted" and row["finish_reason"] == "stream_lost"
+
+
+async def test_a_client_that_saw_the_end_gets_the_end_again_on_any_instance(
+    server: RunningServer, not_sweeping: RunningServer
+) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        user = await make_user(client)
+        events = await _sse(
+            client, "POST", STREAM, json={"question": "끝까지 본 답변"}, headers=user.headers
+        )
+    assert events[-1].event == "done"
+    mid, end = events[0].data["message_id"], events[-1]
+    await asyncio.sleep(0.2)  # let the log reach Redis
+    # The producing instance (its job's events) and another one (the Redis log).
+    for url in (server.url, not_sweeping.url):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            again = await asyncio.wait_for(
+                _sse(
+                    client,
+                    "GET",
+                    f"/api/v1/coaching/streams/{mid}",
+                    headers={**user.headers, "Last-Event-ID": str(end.id)},
+                ),
+                5,
+            )
+        assert [(e.id, e.event, e.data) for e in again] == [(end.id, "done", end.data)]
