@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from websockets.asyncio.client import connect
 
 from linkcoach_stream.config import Settings
 from linkcoach_stream.db.pool import _init_connection as init_connection
@@ -52,7 +54,20 @@ async def _sse(client: httpx.AsyncClient, method: str, url: str, **kw: Any) -> l
         return await read_sse(r)
 
 
-async def test_sigkilled_producer_resume_and_retry_end_with_stream_lost_within_15_s(
+async def _ws_resume(url: str, user: User, message_id: str, after: int) -> list[dict[str, Any]]:
+    frames: list[dict[str, Any]] = []
+    ws_url = url.replace("http://", "ws://") + "/api/v1/coaching/ws"
+    async with connect(ws_url, subprotocols=["bearer", user.token]) as ws:  # type: ignore[list-item]
+        assert json.loads(await ws.recv())["type"] == "ready"
+        await ws.send(
+            json.dumps({"type": "resume", "message_id": message_id, "last_event_id": after})
+        )
+        while not frames or frames[-1]["type"] not in ("done", "error"):
+            frames.append(json.loads(await ws.recv()))
+    return frames
+
+
+async def test_sigkilled_producer_resume_retry_and_ws_end_with_stream_lost_within_15_s(
     settings: Settings, emulator: str
 ) -> None:
     proc_settings = gemini_settings(settings, emulator)
@@ -96,8 +111,9 @@ async def test_sigkilled_producer_resume_and_retry_end_with_stream_lost_within_1
                 headers={**user.headers, "Last-Event-ID": str(last_id)},
             )
             retry = _sse(other, "POST", STREAM, json=body, headers=user.headers)
-            resumed, retried = await asyncio.wait_for(
-                asyncio.gather(resume, retry), LOST_WITHIN_S + 10
+            ws_resume = _ws_resume(second.url, user, mid, last_id)
+            resumed, retried, ws_frames = await asyncio.wait_for(
+                asyncio.gather(resume, retry, ws_resume), LOST_WITHIN_S + 10
             )
             ended_at = time.monotonic()
             assert ended_at - killed_at < LOST_WITHIN_S, ended_at - killed_at
@@ -110,6 +126,9 @@ async def test_sigkilled_producer_resume_and_retry_end_with_stream_lost_within_1
             # The retry is the same turn, not a second generation, and ends the same way.
             assert retried[0].event == "meta" and retried[0].data["message_id"] == mid
             assert retried[-1].event == "error" and retried[-1].data["code"] == "stream_lost"
+            # A WebSocket `resume` ends the same way.
+            assert ws_frames[-1]["type"] == "error" and ws_frames[-1]["code"] == "stream_lost"
+            assert ws_frames[-1]["message_id"] == mid
 
             row = await _message(settings.database_url or "", mid)
             assert row["status"] == "interrupted" and row["finish_reason"] == "stream_lost"
