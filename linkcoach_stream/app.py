@@ -39,6 +39,7 @@ from .services.auth import TokenService
 from .services.chat import ChatService
 from .services.persist import PartialWriter
 from .services.ratelimit import Limit, RateLimiter
+from .services.recovery import StreamSweeper
 from .services.reports import ReportService, load_classifier
 from .services.streams import StreamHub
 
@@ -97,8 +98,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[dict[str, Any]]:
         stack.push_async_callback(pool.close)
         async with pool.acquire() as conn:
             await apply_migrations(conn)
-            # A single embedded process owns every row; elsewhere only rows idle for longer
-            # than any generation can run belong to a dead writer.
+            # A single embedded process owns every row. Elsewhere rows idle for longer than
+            # any generation can run belong to a dead writer even without Redis; the
+            # sweep below finds the others by their expired lease.
             stale_after = 0.0 if embedded_pg else settings.llm_total_timeout_s + 30
             fixed = await conversations_repo.interrupt_stale_streaming(
                 conn, older_than_s=stale_after
@@ -140,9 +142,13 @@ async def open_resources(settings: Settings) -> AsyncIterator[dict[str, Any]]:
             prefix=settings.redis_prefix,
             ttl_s=settings.stream_buffer_ttl_s,
             max_events=settings.stream_buffer_max_events,
+            lease_ttl_s=settings.stream_lease_ttl_s,
         )
         await hub.start()
         stack.push_async_callback(hub.stop, settings.shutdown_grace_s)
+        sweeper = StreamSweeper(pool, hub, interval_s=settings.stream_sweep_interval_s)
+        await sweeper.start()
+        stack.push_async_callback(sweeper.stop)
         limiter = RateLimiter(
             redis,
             prefix=settings.redis_prefix,

@@ -146,6 +146,9 @@ class Settings:
     stream_buffer_max_events: int = 5000
     stream_ping_interval_s: float = 15.0
     stream_send_timeout_s: float = 10.0
+    # A producer's lease in Redis; a reader or the sweep presumes it dead once it expires.
+    stream_lease_ttl_s: float = 10.0
+    stream_sweep_interval_s: float = 5.0
     persist_interval_s: float = 0.25
     coalesce_ms: float = 15.0
     shutdown_grace_s: float = 20.0
@@ -203,6 +206,10 @@ class Settings:
             raise ConfigError("LLM_PROVIDER must be 'gemini' or 'offline'")
         if not 0.0 <= self.rag_embed_cpu_share <= 1.0:
             raise ConfigError("RAG_EMBED_CPU_SHARE must be between 0 and 1")
+        if self.stream_lease_ttl_s < 1.0:
+            raise ConfigError("STREAM_LEASE_TTL must be at least 1 second")
+        if self.stream_sweep_interval_s < 0:
+            raise ConfigError("STREAM_SWEEP_INTERVAL must not be negative (0 switches it off)")
         if self.gemini_stream_transport not in {"direct", "sdk"}:
             raise ConfigError("GEMINI_STREAM_TRANSPORT must be 'direct' or 'sdk'")
         if self.provider_name == "gemini" and not self.gemini_api_key:
@@ -318,6 +325,8 @@ class Settings:
             stream_buffer_ttl_s=int(num("STREAM_BUFFER_TTL", d.stream_buffer_ttl_s)),
             stream_ping_interval_s=num("STREAM_PING_INTERVAL", d.stream_ping_interval_s),
             stream_send_timeout_s=num("STREAM_SEND_TIMEOUT", d.stream_send_timeout_s),
+            stream_lease_ttl_s=num("STREAM_LEASE_TTL", d.stream_lease_ttl_s),
+            stream_sweep_interval_s=num("STREAM_SWEEP_INTERVAL", d.stream_sweep_interval_s),
             api_log_queue_size=int(num("API_LOG_QUEUE_SIZE", d.api_log_queue_size)),
             coalesce_ms=num("STREAM_COALESCE_MS", d.coalesce_ms),
             persist_interval_s=num("PERSIST_INTERVAL", d.persist_interval_s),

@@ -363,6 +363,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         RATE_LIMIT_REPORTS_PER_HOUR=str(settings.rate_reports_per_hour),
         MAX_STREAMS_PER_USER=str(settings.max_streams_per_user),
         SHUTDOWN_GRACE=str(settings.shutdown_grace_s),
+        STREAM_LEASE_TTL=str(settings.stream_lease_ttl_s),
+        STREAM_SWEEP_INTERVAL=str(settings.stream_sweep_interval_s),
         MAX_BODY_BYTES=str(settings.max_body_bytes),
     )
     return env

@@ -4,6 +4,14 @@
 message in one transaction, retrieves context, and starts the generation job; `events`
 yields the turn's events (`meta`, `delta`..., then `done` or `error`) from any point, on
 any instance. Transports only translate events into frames.
+
+A reader always gets an end, also when the producing instance died (SIGKILL, OOM, a lost
+machine): its lease expires (`STREAM_LEASE_TTL`), the reader marks the stored row
+`interrupted` with `finish_reason: "stream_lost"` (only if it is still `streaming`) and
+ends with `error` `stream_lost`. A stored row that is already final wins over a Redis
+log without a terminal event: it is replayed. A row is presumed alive for one lease
+period after its last write, so a job whose lease is not flushed yet is never declared
+dead.
 """
 
 from __future__ import annotations
@@ -28,13 +36,15 @@ from ..metrics import Metrics
 from .auth import Principal
 from .persist import PartialWriter
 from .ratelimit import RateLimiter
-from .streams import Job, StreamEvent, StreamHub
+from .streams import Job, ProducerLost, StreamEvent, StreamHub
 
 _HISTORY_ROWS = 40
 # What a client is told when the provider fails. The provider's own text (which can quote
 # keys, prompts, internal addresses) goes to the log only; clients switch on the code.
 PROVIDER_FAILED = "the coach could not answer this time; please ask again"
 GENERATION_FAILED = "the answer could not be generated; please ask again"
+# Finish reasons of rows whose producer died; they replay as `error` `stream_lost`.
+LOST_REASONS = frozenset({"stream_lost", "server_restart"})
 log = logging.getLogger(__name__)
 
 
@@ -430,34 +440,78 @@ class ChatService:
 
     async def _events(self, row: asyncpg.Record, after: int) -> AsyncIterator[StreamEvent]:
         mid = str(row["id"])
-        if self.hub.local_job(mid) is not None or await self.hub.buffered(mid):
-            async for ev in self.hub.follow(mid, after):
-                yield ev
+        last = await self.hub.last_event(mid)
+        if last is not None and last.terminal and after >= last.id:
+            # The client has seen the end already: say it again rather than nothing.
+            yield last
             return
-        if row["status"] == "streaming":
-            # Neither this process nor the buffer knows it: wait briefly for the buffer,
-            # then give up as the producer is gone.
-            async for ev in self.hub.follow(mid, after):
-                yield ev
+        logged_end = last is not None and last.terminal
+        if not logged_end and row["status"] != "streaming" and self.hub.local_job(mid) is None:
+            # The buffer has expired, or its producer died before writing the end: replay
+            # the stored message. A client that had part of it gets the whole text again
+            # under new ids, with `replay: true` in `meta` telling it to replace what it
+            # shows.
+            for ev in replay_from_row(row):
+                yield StreamEvent(ev.id + after, ev.event, ev.data)
             return
-        # The buffer has expired: replay the stored message. A client that had part of it
-        # gets the whole text again under new ids, with `replay: true` in `meta` telling
-        # it to replace what it shows.
-        for ev in replay_from_row(row):
-            yield StreamEvent(ev.id + after, ev.event, ev.data)
+        while True:
+            try:
+                async for ev in self.hub.follow(mid, after):
+                    after = ev.id
+                    yield ev
+                return
+            except ProducerLost:
+                row = await self._interrupt_lost(row["id"])
+            if row["status"] == "streaming":
+                continue  # written to within the last lease period: not presumed dead
+            if row["finish_reason"] in LOST_REASONS:
+                yield stream_lost(after + 1, mid, partial=bool(row["content"]))
+            else:
+                # It ended normally, but the end never reached the buffer.
+                for ev in replay_from_row(row):
+                    yield StreamEvent(ev.id + after, ev.event, ev.data)
+            return
+
+    async def _interrupt_lost(self, message_id: uuid.UUID) -> asyncpg.Record:
+        async with self.pool.acquire() as conn:
+            return await repo.interrupt_lost_message(
+                conn, message_id=message_id, idle_s=self.hub.lease_ttl_s
+            )
 
     async def cancel(self, user: Principal, message_id: uuid.UUID) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
             row = await repo.get_message(conn, message_id=message_id, user_id=user.user_id)
+        mid = str(message_id)
+        if row["status"] == "streaming" and self.hub.local_job(mid) is None:
+            held = await self.hub.leases([mid])
+            if held == [False]:
+                # Nobody generates it any more: settle it now instead of waiting for
+                # the sweep, so the caller learns the final status.
+                row = await self._interrupt_lost(message_id)
         if row["status"] != "streaming":
-            return {"message_id": str(message_id), "status": row["status"], "cancelled": False}
-        local = await self.hub.cancel(str(message_id))
+            return {"message_id": mid, "status": row["status"], "cancelled": False}
+        local = await self.hub.cancel(mid)
         return {
-            "message_id": str(message_id),
+            "message_id": mid,
             "status": "cancelling",
             "cancelled": True,
             "local": local,
         }
+
+
+def stream_lost(event_id: int, message_id: str, *, partial: bool) -> StreamEvent:
+    """The end of a stream whose producer died, live or replayed."""
+    return StreamEvent(
+        event_id,
+        "error",
+        {
+            "code": "stream_lost",
+            "message": "the instance generating this answer stopped; "
+            "the stored message keeps what was generated",
+            "message_id": message_id,
+            "partial": partial,
+        },
+    )
 
 
 def replay_from_row(row: asyncpg.Record) -> list[StreamEvent]:
@@ -480,14 +534,18 @@ def replay_from_row(row: asyncpg.Record) -> list[StreamEvent]:
     if row["content"]:
         events.append(StreamEvent(2, "delta", {"text": row["content"]}))
     last = len(events) + 1
-    if row["status"] == "error":
+    if row["status"] == "interrupted" and row["finish_reason"] in LOST_REASONS:
+        events.append(stream_lost(last, mid, partial=bool(row["content"])))
+    elif row["status"] == "error":
         events.append(
             StreamEvent(
                 last,
                 "error",
                 {
                     "code": row["error_code"] or "llm_error",
-                    "message": "generation failed",
+                    "message": PROVIDER_FAILED
+                    if (row["error_code"] or "llm_error") == "llm_error"
+                    else GENERATION_FAILED,
                     "message_id": mid,
                     "partial": bool(row["content"]),
                 },

@@ -13,9 +13,27 @@ and is kept twice:
 Writes to Redis are batched by one writer task for all jobs (one pipeline per batch), so
 a chunk never waits for Redis and thousands of streams cost few round trips. A cancel
 request that reaches an instance without the job is published on `{prefix}cancel`; every
-instance listens and cancels the job if it owns it. A job announces it is alive with a
-`{prefix}live:{message_id}` key refreshed by a heartbeat, so a reader on another instance
-can tell a slow producer from a dead one.
+instance listens and cancels the job if it owns it.
+
+A running job holds a lease, the key `{prefix}live:{message_id}` with a TTL of
+`STREAM_LEASE_TTL` (10 s), renewed every third of it and deleted right after the terminal
+event is written, so a reader on another instance can tell a slow producer from a dead
+one: a producer killed with SIGKILL simply stops renewing it. A reader that finds the
+lease gone and no terminal event in the log gets `ProducerLost` and decides, with the
+stored message, how the stream ends (`services/chat.py`); the periodic sweep
+(`services/recovery.py`) asks `leases()` the same question for every `streaming` row.
+
+Decisions, and what not to "fix":
+- XREAD blocks for 1 s, well under the Redis client's 5 s socket timeout. A block as long
+  as the timeout makes every quiet read fail with a timeout, and a reader that only ever
+  sees timeouts never gets to ask whether the producer is still alive.
+- The lease is written by the batched writer in the same pipeline as the job's first
+  events, before them, and deleted after the terminal event. So a reader that sees no
+  lease and then reads the log once more sees the terminal event if there is one; a job
+  that has only just started (lease not flushed yet, ~25 ms) is protected by the first
+  full XREAD block and by the stored row's idle time, checked by the caller.
+- The key keeps its old name (`live:`) so instances of the previous version, during a
+  rolling deploy, still see each other's producers as alive.
 
 If Redis is down the local path keeps working; only cross-instance resume and cancel are
 lost until it is back. Nothing here may raise into a generation because Redis failed.
@@ -38,9 +56,7 @@ log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"done", "error"})
 _LOCAL_RETENTION_S = 30.0
-_HEARTBEAT_S = 5.0
-_LIVE_TTL_S = 15
-_READ_BLOCK_MS = 5000
+_READ_BLOCK_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +79,16 @@ class StreamEvent:
     @property
     def terminal(self) -> bool:
         return self.event in TERMINAL
+
+
+class ProducerLost(Exception):
+    """The job's lease is gone and its log has no terminal event: its producer died (or
+    Redis lost the lease). `last_id` is the last event the reader got."""
+
+    def __init__(self, message_id: str, last_id: int) -> None:
+        super().__init__(message_id)
+        self.message_id = message_id
+        self.last_id = last_id
 
 
 class Job:
@@ -108,12 +134,15 @@ class StreamHub:
         prefix: str,
         ttl_s: int,
         max_events: int,
+        lease_ttl_s: float = 10.0,
         flush_interval_s: float = 0.025,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.max_events = max_events
+        self.lease_ttl_s = lease_ttl_s
+        self._lease_ms = max(1, int(lease_ttl_s * 1000))
         self.flush_interval_s = flush_interval_s
         self.jobs: dict[str, Job] = {}
         self._outbox: list[tuple[str, StreamEvent]] = []
@@ -125,7 +154,7 @@ class StreamHub:
     def _events_key(self, message_id: str) -> str:
         return f"{self.prefix}ev:{message_id}"
 
-    def _live_key(self, message_id: str) -> str:
+    def _lease_key(self, message_id: str) -> str:
         return f"{self.prefix}live:{message_id}"
 
     @property
@@ -195,15 +224,37 @@ class StreamHub:
         return False
 
     # -- reading ----------------------------------------------------------------------
-    async def buffered(self, message_id: str) -> bool:
+    async def last_event(self, message_id: str) -> StreamEvent | None:
+        """The newest event, from this process's job or else from the Redis log; None
+        when there is none (expired, never written) or Redis cannot be asked."""
+        job = self.jobs.get(message_id)
+        if job is not None:
+            return job.events[-1] if job.events else None
         try:
-            return bool(await self.redis.exists(self._events_key(message_id)))
+            entries: Any = await self.redis.xrevrange(self._events_key(message_id), count=1)
         except RedisError:
-            return False
+            self.redis_failures += 1
+            return None
+        if not entries:
+            return None
+        entry_id, fields = entries[0]
+        return _decode(entry_id, fields)
+
+    async def leases(self, message_ids: list[str]) -> list[bool] | None:
+        """Whether each job's lease is held (one MGET); None when Redis cannot be asked,
+        as a slow producer and a dead one then look the same."""
+        if not message_ids:
+            return []
+        try:
+            values = await self.redis.mget([self._lease_key(m) for m in message_ids])
+        except RedisError:
+            self.redis_failures += 1
+            return None
+        return [value is not None for value in values]
 
     async def follow(self, message_id: str, after: int) -> AsyncIterator[StreamEvent]:
         """Events after `after`, from this process's job or from Redis; ends after the
-        terminal event (or a synthesized `stream_lost` error when the producer died)."""
+        terminal event, or raises `ProducerLost` when the log can no longer end."""
         job = self.jobs.get(message_id)
         if job is not None:
             async for ev in job.follow(after):
@@ -215,7 +266,6 @@ class StreamHub:
     async def _follow_redis(self, message_id: str, after: int) -> AsyncIterator[StreamEvent]:
         key = self._events_key(message_id)
         last = after
-        quiet_rounds = 0
         while True:
             job = self.jobs.get(message_id)
             if job is not None:
@@ -224,38 +274,32 @@ class StreamHub:
                     yield ev
                 return
             try:
-                reply = await self.redis.xread({key: f"0-{last}"}, block=_READ_BLOCK_MS, count=500)
+                reply: Any = await self.redis.xread(
+                    {key: f"0-{last}"}, block=_READ_BLOCK_MS, count=500
+                )
+                held = True
+                if not reply:
+                    # A quiet second: ask for the lease, then read once more, in this
+                    # order, so a terminal event written just before the lease was
+                    # dropped is not missed.
+                    pipe = self.redis.pipeline(transaction=False)
+                    pipe.exists(self._lease_key(message_id))
+                    pipe.xread({key: f"0-{last}"}, count=500)
+                    exists, reply = await pipe.execute()
+                    held = bool(exists)
             except RedisError:
                 self.redis_failures += 1
                 await asyncio.sleep(0.5)
                 continue
-            entries: list[Any] = reply[0][1] if reply else []  # type: ignore[index,assignment]
-            if entries:
-                quiet_rounds = 0
-                for entry_id, fields in entries:
-                    ev = _decode(entry_id, fields)
-                    last = ev.id
-                    yield ev
-                    if ev.terminal:
-                        return
-                continue
-            try:
-                alive = bool(await self.redis.exists(self._live_key(message_id)))
-            except RedisError:
-                alive = True
-            quiet_rounds = 0 if alive else quiet_rounds + 1
-            if quiet_rounds >= 2:
-                yield StreamEvent(
-                    last + 1,
-                    "error",
-                    {
-                        "code": "stream_lost",
-                        "message": "the instance generating this answer stopped; "
-                        "the stored message keeps what was generated",
-                        "message_id": message_id,
-                    },
-                )
-                return
+            entries: list[Any] = reply[0][1] if reply else []
+            if not entries and not held:
+                raise ProducerLost(message_id, last)
+            for entry_id, fields in entries:
+                ev = _decode(entry_id, fields)
+                last = ev.id
+                yield ev
+                if ev.terminal:
+                    return
 
     # -- Redis side -------------------------------------------------------------------
     def _enqueue(self, message_id: str, ev: StreamEvent) -> None:
@@ -272,10 +316,10 @@ class StreamHub:
         pipe = self.redis.pipeline(transaction=False)
         for message_id, ev in batch:
             if ev.event == "_live":
-                pipe.set(self._live_key(message_id), b"1", ex=_LIVE_TTL_S)
+                pipe.set(self._lease_key(message_id), b"1", px=self._lease_ms)
                 continue
             if ev.event == "_dead":
-                pipe.delete(self._live_key(message_id))
+                pipe.delete(self._lease_key(message_id))
                 continue
             key = self._events_key(message_id)
             pipe.xadd(
@@ -304,15 +348,17 @@ class StreamHub:
             await self._flush()
 
     async def _heartbeat(self) -> None:
+        """Renew the lease of every running job three times per lease period, so one
+        lost renewal still leaves it held."""
         while True:
-            await asyncio.sleep(_HEARTBEAT_S)
+            await asyncio.sleep(self.lease_ttl_s / 3)
             live = [m for m, j in self.jobs.items() if not j.finished]
             if not live:
                 continue
             try:
                 pipe = self.redis.pipeline(transaction=False)
                 for message_id in live:
-                    pipe.set(self._live_key(message_id), b"1", ex=_LIVE_TTL_S)
+                    pipe.set(self._lease_key(message_id), b"1", px=self._lease_ms)
                     pipe.expire(self._events_key(message_id), self.ttl_s)
                 await pipe.execute(raise_on_error=False)
             except (RedisError, OSError):

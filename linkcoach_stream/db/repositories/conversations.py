@@ -352,3 +352,68 @@ async def interrupt_stale_streaming(conn: asyncpg.Connection, *, older_than_s: f
         older_than_s,
     )
     return int(result.split()[-1])
+
+
+async def idle_streaming_ids(
+    conn: asyncpg.Connection, *, idle_s: float, limit: int
+) -> list[uuid.UUID]:
+    """`streaming` messages not written to for `idle_s` (read through the partial index
+    on `status = 'streaming'`): the candidates whose producer may be gone."""
+    rows = await conn.fetch(
+        """
+        SELECT id FROM messages
+        WHERE status = 'streaming' AND updated_at < now() - make_interval(secs => $1)
+        ORDER BY updated_at LIMIT $2
+        """,
+        idle_s,
+        limit,
+    )
+    return [row["id"] for row in rows]
+
+
+async def interrupt_lost_streams(
+    conn: asyncpg.Connection, *, message_ids: list[uuid.UUID], idle_s: float
+) -> int:
+    """Mark these messages `interrupted` (`stream_lost`) if they are still `streaming`
+    and still idle: a row written to since it was picked is alive after all."""
+    if not message_ids:
+        return 0
+    result = await conn.execute(
+        """
+        UPDATE messages SET status = 'interrupted', finish_reason = 'stream_lost',
+               updated_at = now()
+        WHERE id = ANY($1::uuid[]) AND status = 'streaming'
+          AND updated_at < now() - make_interval(secs => $2)
+        """,
+        message_ids,
+        idle_s,
+    )
+    return int(result.split()[-1])
+
+
+async def interrupt_lost_message(
+    conn: asyncpg.Connection, *, message_id: uuid.UUID, idle_s: float
+) -> asyncpg.Record:
+    """Mark one message whose producer is gone `interrupted` (`stream_lost`) unless it is
+    final already or was written to within `idle_s`; the row as it now stands, either
+    way. Both halves read the snapshot taken before the update, so exactly one of them
+    returns the row."""
+    row = await conn.fetchrow(
+        f"""
+        WITH lost AS (
+            UPDATE messages SET status = 'interrupted', finish_reason = 'stream_lost',
+                   updated_at = now()
+            WHERE id = $1 AND status = 'streaming'
+              AND updated_at < now() - make_interval(secs => $2)
+            RETURNING {MESSAGE_COLUMNS}
+        )
+        SELECT {MESSAGE_COLUMNS} FROM lost
+        UNION ALL
+        SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM lost)
+        """,
+        message_id,
+        idle_s,
+    )
+    if row is None:
+        raise NotFound("message not found")
+    return row
