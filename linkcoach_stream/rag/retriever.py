@@ -60,7 +60,7 @@ from .analyzer import ANALYZER_VERSION, Lexicon, without_type_names
 from .documents import CATEGORIES, Chunk, load_corpus
 from .documents import kb_version as compute_kb_version
 from .embedders import E5Embedder, Embedder, make_embedder
-from .ranking import BM25Index, ChunkGroups, RankConfig, Ranking, fuse
+from .ranking import BM25Index, ChunkGroups, RankConfig, Ranking, best_of_groups, fuse
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,8 @@ class _Mirror:
     chunk_index: BM25Index
     document_index: BM25Index
     field_index: BM25Index
+    example_index: BM25Index
+    example_groups: ChunkGroups
     groups: ChunkGroups
     doc_paths: tuple[str, ...]
     doc_category: NDArray[Any]
@@ -203,6 +205,12 @@ class _Mirror:
             whole[doc].extend(chunk_tokens[row])
         doc_metas = [first_meta[d] for d in range(len(doc_pos))]
         fields = [_stored_tokens(m, "field_tokens", _field_text(m)) for m in doc_metas]
+        example_tokens: list[list[str]] = []
+        example_doc: list[int] = []
+        for d, meta in enumerate(doc_metas):
+            for question in _example_tokens(meta):
+                example_tokens.append(question)
+                example_doc.append(d)
         flags: dict[str, NDArray[np.float32]] = {}
         for d, meta in enumerate(doc_metas):
             for key in meta:
@@ -217,6 +225,8 @@ class _Mirror:
             chunk_index=BM25Index(chunk_tokens),
             document_index=BM25Index(whole),
             field_index=BM25Index(fields),
+            example_index=BM25Index(example_tokens),
+            example_groups=ChunkGroups.of(np.array(example_doc, dtype=np.int64), len(doc_pos)),
             groups=ChunkGroups.of(chunk_doc, len(doc_pos)),
             doc_paths=tuple(doc_pos),
             doc_category=np.array([m.get("category", "") for m in doc_metas], dtype=object),
@@ -243,6 +253,15 @@ def _field_text(meta: dict[str, Any]) -> str:
     )
 
 
+def _example_tokens(meta: dict[str, Any]) -> list[list[str]]:
+    """Morphemes of each of a document's example questions, one list per question."""
+    stored = meta.get("example_tokens")
+    if meta.get("analyzer") == ANALYZER_VERSION and isinstance(stored, str):
+        return [q.split() for q in stored.split("\n") if q.strip()]
+    questions = str(meta.get("example_questions", "")).split("\n")
+    return [t for q in questions if q.strip() and (t := analyzer.tokens(q))]
+
+
 def _stored_tokens(meta: dict[str, Any], key: str, text: str) -> list[str]:
     """Tokens written at ingest by this analyzer version, else analysed now (slower)."""
     if meta.get("analyzer") == ANALYZER_VERSION and isinstance(meta.get(key), str):
@@ -256,6 +275,9 @@ def token_metadata(chunk: Chunk) -> dict[str, str]:
         "analyzer": ANALYZER_VERSION,
         "tokens": " ".join(analyzer.tokens(chunk.text)),
         "field_tokens": " ".join(analyzer.tokens(chunk.field_text())),
+        "example_tokens": "\n".join(
+            " ".join(analyzer.tokens(q)) for q in chunk.example_questions
+        ),
     }
 
 
@@ -541,6 +563,12 @@ class Retriever:
             document_signals=[
                 (cfg.whole_weight, bm25(mirror.document_index)),
                 (cfg.field_weight, bm25(mirror.field_index)),
+                (
+                    cfg.example_weight,
+                    best_of_groups(mirror.example_groups, bm25(mirror.example_index))
+                    if cfg.example_weight
+                    else np.zeros(0),
+                ),
             ],
             document_boosts=boosts,
             allowed=allowed,

@@ -9,7 +9,7 @@ import pytest
 
 from linkcoach_stream.rag import analyzer
 from linkcoach_stream.rag.analyzer import Lexicon, LexiconError, without_type_names
-from linkcoach_stream.rag.ranking import BM25Index, ChunkGroups, fuse, zscore
+from linkcoach_stream.rag.ranking import BM25Index, ChunkGroups, best_of_groups, fuse, zscore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,3 +121,14 @@ def test_a_weight_of_zero_switches_a_signal_off() -> None:
     loud = np.array([0.0, 0.0, 0.0, 100.0, 0.0])
     ranking = fuse(groups=_groups(), chunk_signals=[(1.0, chunk), (0.0, loud)])
     assert ranking.documents[0] == 0
+
+
+def test_each_document_takes_its_best_example_question() -> None:
+    # rows 0-2 belong to documents 2, 0, 2; document 1 has no example question.
+    groups = ChunkGroups.of(np.array([2, 0, 2], dtype=np.int64), 3)
+    best = best_of_groups(groups, np.array([0.5, 3.0, 2.0], dtype=np.float32))
+    assert best.tolist() == [3.0, 0.0, 2.0]
+    assert best_of_groups(ChunkGroups.of(np.zeros(0, dtype=np.int64), 2), np.zeros(0)).tolist() == [
+        0.0,
+        0.0,
+    ]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 import httpx
@@ -23,6 +24,29 @@ async def test_korean_question_about_a_type_finds_that_types_profile(
 async def test_a_practical_question_finds_the_matching_guide(retriever: Retriever) -> None:
     results = await retriever.search("팀원에게 SBI 모델로 구체적인 피드백을 주는 방법", k=3)
     assert results[0].path == "coaching_guides/feedback-sbi.md"
+
+
+async def test_a_question_worded_like_a_documents_example_question_finds_it(
+    retriever: Retriever,
+) -> None:
+    # One of the rating guide's example questions, reworded by a leader.
+    question = "다들 열심히 했는데 C를 한 명은 무조건 줘야 한대요 누구 줘야 돼요 ㅠㅠ"
+    target = "coaching_guides/rating-distribution.md"
+    mirror = retriever._mirror
+    doc = mirror.doc_paths.index(target)
+
+    def margin(config: RankConfig) -> float:
+        ranking = replace_config(retriever, config).rank(mirror, question, code=None, limit=5)
+        assert int(ranking.documents[0]) == doc
+        return float(ranking.scores[0] - ranking.scores[1])
+
+    assert margin(RankConfig(example_weight=1.0)) > margin(RankConfig(example_weight=0.0))
+
+
+def replace_config(retriever: Retriever, config: RankConfig) -> Retriever:
+    clone = copy.copy(retriever)
+    clone.config = config
+    return clone
 
 
 async def test_passages_carry_their_metadata_and_a_source(retriever: Retriever) -> None:
