@@ -16,7 +16,8 @@ weights between rows (one index, one set of vectors). Rows:
 `tests/data/retrieval_eval_blind.jsonl` was written from the documents alone, before any
 of these techniques were tried, and is never used to choose weights. Weights are chosen
 on `tests/data/retrieval_eval_dev.jsonl` (written the same way, later, over every
-document including the newer ones) and on the older regression set. Prints a table per file and writes benchmarks/results/relevance.json.
+document including the newer ones) and on the older regression set. Prints a table per
+file and writes benchmarks/results/relevance.json.
 """
 
 from __future__ import annotations
