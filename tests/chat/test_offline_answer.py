@@ -291,3 +291,18 @@ def test_a_word_longer_than_two_chunks_is_cut_at_its_punctuation() -> None:
     assert all(len(c) <= 12 for c in chunks)
     assert chunks[0].endswith(",")
 
+
+
+def test_the_ask_command_prints_the_offline_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from linkcoach_stream.cli import main
+
+    monkeypatch.setenv("LINKCOACH_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAG_EMBEDDER", "hash")
+    monkeypatch.chdir(ROOT)
+    assert main(["ask", "--leadership-type", "HLH", "회의에서 아무도 말을 안 해요."]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(OFFLINE_LABEL + "참여비전형 리더님, ")
+    assert "\n1. " in out and out.splitlines()[-1].startswith("참고: [1] ")
+    assert main(["ask", "--leadership-type", "XYZ", "질문"]) == 2
