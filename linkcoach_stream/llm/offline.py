@@ -118,7 +118,7 @@ def _content_tokens(text: str) -> frozenset[str]:
 
 def _passage_lines(passage: PassageLike) -> list[tuple[str, bool]]:
     """The body lines of a chunk, cleaned, each with whether it introduces the list that
-    follows it ("다음과 같은 실수가 나타납니다."): that last sentence means nothing alone.
+    follows it: its last sentence then means nothing alone, unless it is advice itself.
     The title and section lines a chunk starts with, headings and rules are left out."""
     headings = {passage.title.strip(), passage.section.strip()}
     raws = [r for r in passage.text.splitlines() if r.strip()]
@@ -155,7 +155,9 @@ def _candidates(passages: Sequence[PassageLike], numbers: dict[str, int]) -> lis
             continue
         for line, leads in _passage_lines(p):
             sentences = split_sentences(line)
-            for sentence in sentences[:-1] if leads else sentences:
+            if leads and not _ACTION.search(sentences[-1]):
+                sentences = sentences[:-1]  # "다음과 같은 실수가 나타납니다.", before a list
+            for sentence in sentences:
                 if (
                     sentence in seen
                     or not 12 <= len(sentence) <= 220
