@@ -238,7 +238,7 @@ async def test_the_stream_is_cut_at_word_boundaries(cases: list[Case]) -> None:
         assert "".join(chunks) == c.answer
         assert len(chunks) > 10
         for chunk in chunks[:-1]:
-            assert chunk[-1].isspace() or chunk[-1] in ".,:;!?)]”\"", repr(chunk)
+            assert chunk[-1].isspace() or chunk[-1] in '.,:;!?)]”"', repr(chunk)
             assert len(chunk) <= 24, repr(chunk)
         sizes = sorted(len(chunk) for chunk in chunks[:-1])
         assert sizes[len(sizes) // 2] >= 8, sizes
@@ -290,7 +290,6 @@ def test_a_word_longer_than_two_chunks_is_cut_at_its_punctuation() -> None:
     assert "".join(chunks) == word + " 끝"
     assert all(len(c) <= 12 for c in chunks)
     assert chunks[0].endswith(",")
-
 
 
 def test_the_ask_command_prints_the_offline_answer(
