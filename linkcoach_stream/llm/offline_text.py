@@ -101,7 +101,7 @@ def situation_phrases(question: str) -> list[str]:
     "팀원과 1:1", "5년 차 팀원"), read word by word so that a word kiwi splits oddly
     ("온보딩" as 온/보/딩) is still kept whole."""
     text = analyzer.without_type_names(question)
-    morphemes = analyzer._kiwi().tokenize(text)  # noqa: SLF001 - one shared model
+    morphemes = analyzer.morphemes(text)
     phrases: list[str] = []
     parts: list[tuple[str, str]] = []  # (noun part, binding particle) of each word
     topical = open_ = False
