@@ -217,15 +217,20 @@ def pick_steps(
         key=lambda c: (not _ACTION.search(c.text), c.position),
     )
     chosen: list[_Candidate] = []
-    for pool, cap in ((relevant, 2), (relevant, limit), (fallback, limit)):
+
+    def take(pool: Sequence[_Candidate], *, per_source: int, until: int) -> None:
         for c in pool:
-            if len(chosen) >= limit or (len(chosen) >= 2 and pool is fallback):
-                break
-            if c in chosen or sum(x.source == c.source for x in chosen) >= cap:
+            if len(chosen) >= until:
+                return
+            if c in chosen or sum(x.source == c.source for x in chosen) >= per_source:
                 continue
             if any(len(c.tokens & x.tokens) > 0.7 * max(len(c.tokens), 1) for x in chosen):
-                continue
+                continue  # says what a chosen step already says
             chosen.append(c)
+
+    take(relevant, per_source=2, until=limit)  # spread over documents first
+    take(relevant, per_source=limit, until=limit)
+    take(fallback, per_source=limit, until=2)
     return [(c.text, c.source) for c in chosen]
 
 
