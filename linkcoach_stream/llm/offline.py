@@ -52,6 +52,8 @@ __all__ = [
     "OfflineProvider",
     "clean_markup",
     "compose_answer",
+    "pick_script",
+    "pick_steps",
     "split_chunks",
     "split_sentences",
 ]

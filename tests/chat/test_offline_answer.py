@@ -17,6 +17,7 @@ from linkcoach_stream.llm.offline import (
     OfflineProvider,
     clean_markup,
     compose_answer,
+    pick_steps,
     split_chunks,
     split_sentences,
 )
@@ -193,6 +194,43 @@ def test_most_answers_share_words_with_the_question(cases: list[Case]) -> None:
         if any(question & set(analyzer.tokens(text)) for _, text, _ in c.steps):
             relevant += 1
     assert relevant >= 0.8 * len(cases), f"{relevant}/{len(cases)}"
+    steps = [
+        bool(set(analyzer.tokens(c.question)) & set(analyzer.tokens(text)))
+        for c in cases
+        for _, text, _ in c.steps
+    ]
+    assert sum(steps) >= 0.8 * len(steps), f"{sum(steps)}/{len(steps)} steps"
+
+
+@dataclass(frozen=True)
+class Doc:
+    path: str
+    title: str
+    section: str
+    text: str
+    category: str = "coaching_guides"
+
+
+def test_steps_are_chosen_by_relevance_not_position() -> None:
+    first = Doc(
+        "a.md",
+        "회의 운영",
+        "준비",
+        "회의 운영\n준비\n\n회의실은 미리 예약하세요. 간식을 준비해 두세요. "
+        "발표 자료는 하루 전에 공유하세요.\n\n"
+        "- 침묵하는 팀원에게는 회의 전에 질문을 미리 보내 생각할 시간을 주세요.\n",
+    )
+    second = Doc(
+        "b.md",
+        "침묵 깨기",
+        "익명 의견",
+        "침묵 깨기\n익명 의견\n\n침묵이 길어지면 익명 의견 도구로 팀원의 생각을 먼저 받으세요.",
+    )
+    steps = pick_steps("회의에서 팀원들이 침묵해요", [first, second])
+    assert [n for _, n in steps[:2]] == [1, 2]
+    assert steps[0][0].startswith("침묵하는 팀원에게는")  # the last line of its passage
+    assert steps[1][0].startswith("침묵이 길어지면")
+    assert all("예약" not in text and "간식" not in text for text, _ in steps)
 
 
 def test_a_line_to_say_is_offered_from_a_passage_quote(cases: list[Case]) -> None:
