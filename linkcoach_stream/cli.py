@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import socket
 import sys
@@ -184,6 +185,42 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     return int(eval_main(settings, file=args.file, k=args.k))
 
 
+def cmd_ask(args: argparse.Namespace) -> int:
+    """The offline coach's answer to each question, retrieved as a chat turn is (same
+    ranking settings, four documents), without a server or a database."""
+    from .domain.taxonomy import resolve_type
+    from .llm.offline import compose_answer
+    from .rag.ranking import RankConfig
+    from .rag.retriever import open_retriever
+
+    settings = Settings.from_env()
+    # The answers are the output: logs go to stderr, and only warnings (bm25s sets its
+    # own logger to debug, so the root level alone does not hold it back).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    logging.getLogger().handlers[:] = [handler]
+    leader = resolve_type(args.leadership_type) if args.leadership_type else None
+    if args.leadership_type and leader is None:
+        sys.stderr.write(f"linkcoach: unknown leadership type {args.leadership_type!r}\n")
+        return 2
+    code = leader.code if leader else None
+
+    async def answers() -> list[str]:
+        config = RankConfig(dense_weight=settings.rag_dense_weight)
+        retriever = await open_retriever(settings, config=config)
+        try:
+            out = []
+            for question in args.questions:
+                passages = await retriever.search(question, leadership_type=code, k=4)
+                out.append(compose_answer(question, passages, code))
+            return out
+        finally:
+            await retriever.close()
+
+    _out("\n\n".join(asyncio.run(answers())))
+    return 0
+
+
 def cmd_loadtest(args: argparse.Namespace) -> int:
     from .loadtest import main as loadtest_main
 
@@ -228,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--file", default="tests/data/retrieval_eval.jsonl")
     ev.add_argument("--k", type=int, default=3)
     ev.set_defaults(func=cmd_eval_retrieval)
+
+    ask = sub.add_parser("ask", help="print the offline coach's answer to questions")
+    ask.add_argument("questions", nargs="+", metavar="question")
+    ask.add_argument("--leadership-type", help="a code (HLH), id or Korean type name")
+    ask.set_defaults(func=cmd_ask)
 
     from .loadtest import add_arguments as add_loadtest_arguments
 

@@ -8,11 +8,18 @@ from typing import Any, Protocol
 
 
 class PassageLike(Protocol):
-    path: str
-    title: str
-    category: str
-    section: str
-    text: str
+    """Read-only, so a frozen `rag.retriever.Passage` is one."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def category(self) -> str: ...
+    @property
+    def section(self) -> str: ...
+    @property
+    def text(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,12 @@ def tokens(text: str) -> list[str]:
     return specials + out
 
 
+def morphemes(text: str) -> list[Any]:
+    """kiwi's morphemes of `text`, all of them (each with `form`, `tag`, `start`, `len`),
+    for callers that need the particles and offsets `tokens` drops."""
+    return list(_kiwi().tokenize(text)) if text.strip() else []
+
+
 def tokens_many(texts: Sequence[str]) -> list[list[str]]:
     return [tokens(text) for text in texts]
 

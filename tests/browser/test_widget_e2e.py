@@ -2,8 +2,9 @@
 stop, resume after a real connection drop, safe rendering, WebSocket transport, parent
 origin rules and the demo page.
 
-Slow answers come from the Gemini emulator (`gemini_server`) with per-question markers;
-the offline provider (`server`) quotes the question back, which the markup test uses.
+Slow answers come from the Gemini emulator (`gemini_server`) with per-question markers.
+The offline coach answers from passages and never quotes the question, so the markup test
+runs on a server whose knowledge base carries markup in its advice (`markup_server`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import pytest
 
 from tests.browser.conftest import ARTIFACTS, dropping_proxy
 from tests.conftest import (
@@ -248,21 +252,68 @@ async def test_dropped_connection_resumes_from_the_last_event_id(
 # -- safe rendering --------------------------------------------------------------------
 
 
+SCRIPT = "<script>__lcXss=1</script>"
+IMG = "<img src=x onerror=__lcImg=1>"
+MARKUP_DOC = f"""---
+title: 안건 메모의 태그 다루기
+category: coaching_guides
+leadership_types: []
+followership_types: []
+tags: [안건, 메모, 태그]
+example_questions:
+  - "안건 메모에 태그가 있어요"
+  - "메모의 태그는 어떻게 보여 주나요?"
+  - "회의 안건 메모를 어떻게 쓰나요?"
+---
+
+# 안건 메모의 태그 다루기
+
+## 태그를 글자로 보여 주기
+
+회의 안건 메모에 {SCRIPT} 같은 태그가 있으면 글자 그대로 팀원에게 보여 주세요.
+
+안건 메모의 {IMG} 표시도 그림이 아니라 글자로 읽히게 하세요.
+"""
+
+
+@pytest.fixture(scope="module")
+async def markup_server(
+    settings: Any, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningServer]:
+    kb: Path = tmp_path_factory.mktemp("markup-kb")
+    (kb / "coaching_guides").mkdir()
+    (kb / "coaching_guides" / "memo-tags.md").write_text(MARKUP_DOC, encoding="utf-8")
+    running = await start_server(
+        settings.with_overrides(
+            retrieval_enabled=True,
+            knowledge_base_dir=kb,
+            data_dir=tmp_path_factory.mktemp("markup-data"),
+            extra={**settings.extra, "RAG_EMBEDDER": "hash"},
+        )
+    )
+    try:
+        yield running
+    finally:
+        await stop_server(running)
+
+
 async def test_markup_in_the_answer_is_shown_as_text_and_never_runs(
-    server: RunningServer, client: httpx.AsyncClient, page: Any
+    markup_server: RunningServer, page: Any
 ) -> None:
-    user = await make_user(client)
-    await open_widget(page, server.url, user)
-    payload = "<script>__lcXss=1</script><img src=x onerror=__lcImg=1>"
-    await ask(page, payload)
+    async with httpx.AsyncClient(base_url=markup_server.url, timeout=30) as client:
+        user = await make_user(client)
+    await open_widget(page, markup_server.url, user)
+    question = f"회의 안건 메모의 태그는 어떻게 보여 주나요? {SCRIPT}{IMG}"
+    await ask(page, question)
     final = await wait_finished(page)
     assert final["status"] == "complete"
-    assert payload in final["text"]  # the offline provider quotes the question
+    # the offline coach quotes the passage's advice, markup and all
+    assert SCRIPT in final["text"] and IMG in final["text"], final["text"]
     await asyncio.sleep(0.3)  # an injected <img> would have fired onerror by now
     flags = await page.evaluate("[typeof window.__lcXss, typeof window.__lcImg]")
     assert flags == ["undefined", "undefined"]
     assert await page.locator("#lc-log img, #lc-log script").count() == 0
-    assert await page.locator(".lc-msg-user .lc-msg-text").last.text_content() == payload
+    assert await page.locator(".lc-msg-user .lc-msg-text").last.text_content() == question
     page.problems.assert_clean()
 
 
@@ -347,7 +398,7 @@ async def test_websocket_from_the_widgets_own_origin_is_accepted(
     await ask(page, "동료와 갈등이 있어요")
     final = await wait_finished(page)
     assert final["status"] == "complete"
-    assert "동료와 갈등이 있어요" in final["text"]
+    assert "동료·갈등과 관련해" in final["text"]  # the offline coach restates the situation
     assert streams == []
     assert await page.get_by_label("웹소켓").is_checked()
 
@@ -494,7 +545,8 @@ async def demo_flow(server: RunningServer, page: Any, *, docs: bool) -> None:
     await box.press("Enter")
     done = frame.locator("#lc-log > .lc-msg-assistant[data-status=complete]")
     await done.wait_for()
-    assert "회의에서 아무도 말을 하지 않아요" in await done.text_content()
+    answer = await done.text_content()
+    assert "[오프라인 코치]" in answer and "회의와 관련해" in answer
     await frame.locator("#lc-log").evaluate("log => { log.scrollTop = 0; }")
     await page.screenshot(path=str(ARTIFACTS / "demo.png"))
     if docs:
