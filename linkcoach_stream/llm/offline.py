@@ -11,8 +11,10 @@ Decisions worth keeping (text handling itself is in `offline_text`):
   ungrounded; the composer only chooses and orders.
 - Steps are ranked by relevance, not by where they sit in a passage: the analyzer's
   content morphemes shared with the question, each weighted by its rarity among this
-  answer's candidate sentences (an IDF), doubled for a sentence that tells the leader
-  what to do ("…하세요") and halved for case-study narrative. The passage's rank only
+  answer's candidate sentences (an IDF), tripled for a sentence that tells the leader
+  what to do ("…하세요"), halved for case-study narrative and quartered for a sentence
+  that opens by pointing back ("그래서", "이런 …"), which means little without the one
+  before it. The passage's rank only
   breaks ties. A sentence sharing nothing with the question is used only when fewer
   than two relevant ones exist, and then only from the best-ranked passage.
 - A step is one sentence of one line: bullet items are never joined, the sentence that
@@ -70,6 +72,11 @@ _ENDING = re.compile(r"(?:니다|요|시오)[.!]?[\"”'’)]?$")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*]|\d+\.)\s")
 _SPEECH_END = re.compile(r"(?:[요다까죠네게]|[.!?])$")
 # Sentences about the document itself, not about the leader's situation.
+# A sentence that opens by pointing back ("그래서 …", "이런 팀은 …") needs the one before it.
+_DEPENDENT = re.compile(
+    r"^(?:그래서|그러나|하지만|그런데|그러면|그러니|따라서|또한|또|즉|반면|이때|그때|"
+    r"이렇게|그렇게|이런|그런|이러한|그러한|이것|그것|이 |그 )"
+)
 _META = re.compile(r"이 (?:가이드|문서|글)|가이드|참고하세요|함께 보기|다룹니다")
 # A quotation in a sentence with these is a mistake to avoid, not a line to say.
 _AVOID = re.compile(
@@ -207,8 +214,10 @@ def pick_steps(
 
     def score(c: _Candidate) -> float:
         relevance = _relevance(q, c.tokens, idf)
+        if _DEPENDENT.match(c.text):
+            relevance *= 0.25
         if _ACTION.search(c.text):
-            return relevance * 2.0
+            return relevance * 3.0
         return relevance * (0.5 if c.story else 1.0)
 
     ranked = sorted(candidates, key=lambda c: (-score(c), c.rank, c.position))

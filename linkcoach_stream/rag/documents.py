@@ -50,6 +50,9 @@ ALLOWED_KEYS = frozenset(
 EXAMPLE_QUESTIONS = (3, 5)
 EXAMPLE_QUESTION_MAX_CHARS = 200
 MIN_CHARS = 160
+# Sections that only link to other documents ("## 함께 보기"): kept in the file for the
+# reader, never chunked - a list of titles would match many questions and answer none.
+LINK_SECTIONS = frozenset({"함께 보기"})
 MAX_CHARS = 900
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
@@ -333,7 +336,8 @@ def chunk_document(
             "\n".join(doc.example_questions),
         )
     )
-    for heading, content in _merge_tiny(_sections(doc), min_chars, doc.title):
+    sections = [(h, text) for h, text in _sections(doc) if h.strip() not in LINK_SECTIONS]
+    for heading, content in _merge_tiny(sections, min_chars, doc.title):
         prefix = doc.title if heading == doc.title else f"{doc.title}\n{heading}"
         for piece in _split_long(content, max_chars - len(prefix) - 2):
             text = f"{prefix}\n\n{piece}"
