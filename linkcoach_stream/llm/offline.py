@@ -14,7 +14,8 @@ Decisions worth keeping (text handling itself is in `offline_text`):
   answer's candidate sentences (an IDF), tripled for a sentence that tells the leader
   what to do ("…하세요"), halved for case-study narrative and quartered for a sentence
   that opens by pointing back ("그래서", "이런 …"), which means little without the one
-  before it. The passage's rank only
+  before it; a step from the passage ranked n-th (from 0) counts 1 / (1 + n/2), since
+  passages further down are less likely to be about the question at all. The passage's rank only
   breaks ties. A sentence sharing nothing with the question is used only when fewer
   than two relevant ones exist, and then only from the best-ranked passage.
 - A step is one sentence of one line: bullet items are never joined, the sentence that
@@ -143,9 +144,11 @@ def _passage_lines(passage: PassageLike) -> list[tuple[str, bool]]:
 
 
 def _is_script_only(sentence: str) -> bool:
-    """Mostly a quotation (a dialogue example): used as a script, not as a step."""
+    """Mostly a quotation (a dialogue example), or one carrying a whole line to say: a
+    script, not a step (scripts get their own line)."""
     rest = _QUOTE.sub("", sentence)
-    return len(rest.strip(" :,.")) < 12 or rest.rstrip().endswith(":")
+    long_quote = any(len(m.group(0)) > 60 for m in _QUOTE.finditer(sentence))
+    return long_quote or len(rest.strip(" :,.")) < 12 or rest.rstrip().endswith(":")
 
 
 def _source_numbers(passages: Sequence[PassageLike]) -> dict[str, int]:
@@ -202,6 +205,19 @@ def _relevance(question: frozenset[str], tokens: frozenset[str], idf: dict[str, 
     return sum(idf.get(t, 0.0) for t in question & tokens)
 
 
+def _near_top(passages: Sequence[PassageLike], share: float = 0.6) -> set[int]:
+    """Ranks of the passages scored within `share` of the best one. Retrieval scores fall
+    off a cliff after the documents that are really about the question (18.9, then 8.7
+    for "신입사원 30-60-90 계획"); steps come from before the cliff while two can."""
+    scores = [getattr(p, "score", None) for p in passages]
+    if not scores or not all(isinstance(s, int | float) for s in scores):
+        return set(range(len(passages)))
+    top = max(float(s) for s in scores if s is not None)
+    if top <= 0:
+        return set(range(len(passages)))
+    return {i for i, s in enumerate(scores) if s is not None and float(s) >= share * top}
+
+
 def pick_steps(
     question: str, passages: Sequence[PassageLike], *, limit: int = MAX_STEPS
 ) -> list[tuple[str, int]]:
@@ -216,6 +232,8 @@ def pick_steps(
         relevance = _relevance(q, c.tokens, idf)
         if _DEPENDENT.match(c.text):
             relevance *= 0.25
+        # A passage further down the ranking is less likely to be about this question.
+        relevance /= 1.0 + 0.5 * c.rank
         if _ACTION.search(c.text):
             return relevance * 3.0
         return relevance * (0.5 if c.story else 1.0)
@@ -239,8 +257,11 @@ def pick_steps(
                 continue  # says what a chosen step already says
             chosen.append(c)
 
-    take(relevant, per_source=2, until=limit)  # spread over documents first
-    take(relevant, per_source=limit, until=limit)
+    near = _near_top(passages)
+    close = [c for c in relevant if c.rank in near]
+    take(close, per_source=2, until=limit)  # spread over documents first
+    take(close, per_source=limit, until=limit)
+    take(relevant, per_source=limit, until=2)
     take(fallback, per_source=limit, until=2)
     return [(c.text, c.source) for c in chosen]
 
@@ -293,17 +314,32 @@ def _type_note(code: str | None) -> str | None:
     return _LOW_TIPS[lows[0]] if lows else _ALL_HIGH_TIP
 
 
-def sources_line(passages: Sequence[PassageLike]) -> str:
-    """Each document once, in rank order, with the section that matched."""
-    numbers = _source_numbers(passages)
+def sources_line(passages: Sequence[PassageLike], numbers: dict[int, int] | None = None) -> str:
+    """Each document once, in rank order, with the section that matched. With `numbers`
+    (source number -> number shown), only those sources, renumbered."""
     items: list[str] = []
     for p in passages:
-        n = numbers.get(p.path)
-        if n is None or n <= len(items):
+        n = _source_numbers(passages).get(p.path)
+        if n is None or (numbers is not None and n not in numbers):
+            continue
+        shown = numbers[n] if numbers is not None else n
+        if shown <= len(items):
             continue
         same = p.section.strip() in {"", p.title.strip()}
-        items.append(f"[{n}] {p.title}" + ("" if same else f" — {p.section}"))
+        items.append(f"[{shown}] {p.title}" + ("" if same else f" — {p.section}"))
     return "참고: " + ", ".join(items)
+
+
+def _cited(
+    passages: Sequence[PassageLike], steps: Sequence[tuple[str, int]], script: str | None
+) -> dict[int, int]:
+    """The sources the answer uses (its steps' and its script's), numbered 1.. in rank
+    order: a source nothing was taken from is not listed."""
+    numbers = _source_numbers(passages)
+    used = {n for _, n in steps}
+    if script:
+        used |= {numbers[p.path] for p in passages if p.path in numbers and script in p.text}
+    return {n: i for i, n in enumerate(sorted(used), 1)}
 
 
 def compose_answer(question: str, passages: Sequence[PassageLike], code: str | None) -> str:
@@ -313,16 +349,19 @@ def compose_answer(question: str, passages: Sequence[PassageLike], code: str | N
     if not passages:
         blocks.append(_NO_PASSAGES)
     steps = pick_steps(question, passages)
-    if steps:
-        blocks.append("\n".join(f"{i}. {text} [{n}]" for i, (text, n) in enumerate(steps, 1)))
     script = pick_script(question, passages, [text for text, _ in steps]) if passages else None
+    shown = _cited(passages, steps, script)
+    if steps:
+        blocks.append(
+            "\n".join(f"{i}. {text} [{shown[n]}]" for i, (text, n) in enumerate(steps, 1))
+        )
     if script:
         blocks.append(f"이렇게 말해 보세요: “{script}”")
     note = _type_note(code)
     if note:
         blocks.append(note)
-    if passages:
-        blocks.append(sources_line(passages))
+    if passages and shown:
+        blocks.append(sources_line(passages, shown))
     return "\n\n".join(blocks)
 
 

@@ -24,7 +24,7 @@ _BOLD = re.compile(r"\*\*")
 STOP_WORDS = frozenset(
     "하 되 있 없 않 같 어떻 어떻게 좋 보 주 싶 이 그 저 제 나 너무 좀 잘 것 수 때 더 안 많 "
     "우리 저희 요즘 정말 그냥 방법 고민 질문 생각 리더 팀장 어렵 모르 경우 뭐 무엇 왜 "
-    "지금 자꾸 계속 오 가 말 말씀 혹시 거 팀 팀원".split()
+    "지금 자꾸 계속 오 가 말 말씀 혹시 거 팀 팀원 다들 모두 다 누구 누가 사람 애 애들 분 명".split()
 )
 _PHRASE_TAGS = frozenset({"NNG", "NNP", "SL", "SN", "SH", "XR", "W_SERIAL"})
 _PHRASE_START = frozenset({"NNG", "NNP", "NR", "SL", "SN", "SH", "XR", "W_SERIAL", "MM"})
