@@ -27,7 +27,7 @@ ERROR = {
 
 
 def _operations() -> list[dict[str, Any]]:
-    from . import auth, coaching, conversations
+    from . import auth, coaching, conversations, messages
 
     ops: list[dict[str, Any]] = [
         {"method": "get", "path": "/health", "auth": None},
@@ -82,6 +82,7 @@ def _operations() -> list[dict[str, Any]]:
             "path": "/api/v1/coaching/streams/{message_id}/cancel",
             "auth": "bearer",
         },
+        *messages.OPENAPI_OPERATIONS,
         {"method": "post", "path": "/chat", "auth": "bearer", "body": coaching.LegacyChatRequest},
     ]
     try:
@@ -125,7 +126,7 @@ def build_document() -> dict[str, Any]:
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema
             operation["requestBody"] = {
-                "required": True,
+                "required": not op.get("body_optional"),
                 "content": {
                     "application/json": {
                         "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
