@@ -73,6 +73,7 @@ OPENAPI_OPERATIONS = [
         "path": "/api/v1/messages/{message_id}/feedback",
         "auth": "bearer",
         "body": FeedbackRequest,
+        "errors": ("409",),
     },
     {
         "method": "post",
@@ -81,6 +82,7 @@ OPENAPI_OPERATIONS = [
         "body": RegenerateRequest,
         "body_optional": True,
         "stream": True,
+        "errors": ("409",),
     },
 ]
 

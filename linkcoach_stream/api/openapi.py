@@ -139,7 +139,7 @@ def build_document() -> dict[str, Any]:
             operation["security"] = [{"apiKey": []}]
         ok = "text/event-stream" if op.get("stream") else "application/json"
         operation["responses"]["200"] = {"description": "success", "content": {ok: {"schema": {}}}}
-        for status in ("400", "401", "404", "413", "422", "429"):
+        for status in ("400", "401", "404", "413", "422", "429", *op.get("errors", ())):
             operation["responses"][status] = {
                 "description": "error",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},

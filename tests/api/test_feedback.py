@@ -223,3 +223,16 @@ async def test_a_failed_answer_cannot_be_rated_but_a_stopped_one_can(
             break
         await asyncio.sleep(0.05)
     assert r.status_code == 200, r.text
+
+
+async def test_openapi_documents_feedback_and_regenerate(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    feedback = doc["paths"]["/api/v1/messages/{message_id}/feedback"]["post"]
+    assert feedback["requestBody"]["required"] is True
+    schema = doc["components"]["schemas"]["FeedbackRequest"]
+    assert schema["properties"]["rating"]["enum"] == ["up", "down"]
+    assert schema["required"] == ["rating"]
+    regenerate = doc["paths"]["/api/v1/messages/{message_id}/regenerate"]["post"]
+    assert regenerate["requestBody"]["required"] is False
+    assert "text/event-stream" in regenerate["responses"]["200"]["content"]
+    assert "409" in regenerate["responses"] and "409" in feedback["responses"]
