@@ -15,6 +15,8 @@
 //   resumed from the last event id; only the stop button cancels a generation.
 // - Every question has its own client_message_id and the conversation exists before the
 //   first question, so a retried request can never start a second answer.
+// - A finished answer (complete, or stopped with text) gets 👍/👎; a second click
+//   replaces the rating on the server, which keeps one per user per answer.
 
 const API = "/api/v1";
 const OWN_ORIGIN = window.location.origin;
@@ -30,6 +32,10 @@ const DIMENSIONS = [
 ];
 const DIMENSION_ALIASES = { sharing: "공유", share: "공유", interaction: "상호작용", growth: "성장" };
 const HIGH_THRESHOLD = 4.5;
+const RATINGS = [
+  ["up", "👍", "도움이 됐어요"],
+  ["down", "👎", "도움이 되지 않았어요"],
+];
 
 // -- configuration rendered by the server -------------------------------------------------
 
@@ -723,6 +729,10 @@ class Turn {
       this.metaEl.textContent = titles.length ? `참고 자료: ${titles.join(", ")}` : "";
       announce("답변이 완료되었습니다.");
     }
+    const rateable = status === "complete" || (status === "interrupted" && this.text);
+    if (rateable && this.messageId && !this.localStop.signal.aborted) {
+      this.bubble.append(feedbackBar(this.messageId, this.bubble));
+    }
     if (this.controller) this.controller.abort();
     if (state.turn === this) {
       state.turn = null;
@@ -790,6 +800,50 @@ class Turn {
   connected() {
     if (this.metaEl.textContent) this.metaEl.textContent = "";
   }
+}
+
+// -- feedback on an answer ------------------------------------------------------------------
+
+function feedbackBar(messageId, bubble) {
+  const status = el("span", { className: "lc-feedback-status", attrs: { role: "status" } });
+  const buttons = RATINGS.map(([rating, emoji, label]) =>
+    el("button", {
+      className: "lc-feedback-btn",
+      text: emoji,
+      attrs: { type: "button", "aria-label": label, title: label, "aria-pressed": "false", "data-rating": rating },
+    }),
+  );
+  for (const button of buttons) {
+    button.addEventListener("click", () => sendFeedback(messageId, button.dataset.rating, bubble, buttons, status));
+  }
+  return el("div", { className: "lc-feedback", attrs: { role: "group", "aria-label": "이 답변 평가" } }, [
+    ...buttons,
+    status,
+  ]);
+}
+
+async function sendFeedback(messageId, rating, bubble, buttons, status) {
+  for (const button of buttons) button.disabled = true;
+  status.textContent = "";
+  status.classList.remove("lc-error");
+  let result = null;
+  try {
+    result = await api("POST", `/messages/${encodeURIComponent(messageId)}/feedback`, { rating });
+  } catch {
+    result = null;
+  }
+  for (const button of buttons) button.disabled = false;
+  if (!result || !result.ok) {
+    status.textContent = result
+      ? errorText(result.status, result.data, result.response)
+      : "네트워크 연결을 확인해 주세요.";
+    status.classList.add("lc-error");
+    return;
+  }
+  const stored = result.data && result.data.rating;
+  for (const button of buttons) button.setAttribute("aria-pressed", String(button.dataset.rating === stored));
+  bubble.dataset.feedback = stored || "";
+  status.textContent = "의견을 보내 주셔서 고맙습니다.";
 }
 
 function setConversation(id) {
