@@ -17,6 +17,9 @@
 //   first question, so a retried request can never start a second answer.
 // - A finished answer (complete, or stopped with text) gets 👍/👎; a second click
 //   replaces the rating on the server, which keeps one per user per answer.
+// - 다시 답변 받기 regenerates an answer: a turn without a new question, with its own
+//   client_message_id, streamed and resumed like any turn. The new answer takes the old
+//   one's place once the server has started it (its `meta`); until then the old one stays.
 
 const API = "/api/v1";
 const OWN_ORIGIN = window.location.origin;
@@ -361,6 +364,7 @@ function errorText(status, data, response) {
     return `요청이 너무 많습니다. ${seconds}초 후에 다시 시도해 주세요.`;
   }
   if (status === 413) return "보낸 내용이 너무 깁니다.";
+  if (code === "answer_in_progress") return "이 질문의 답변이 아직 작성 중입니다. 끝난 뒤 다시 시도해 주세요.";
   if (status === 422 && data && data.error && data.error.field === "question") {
     return `질문은 1자 이상 ${config.maxQuestionChars}자 이하로 입력해 주세요.`;
   }
@@ -599,6 +603,7 @@ function updateControls() {
   ui.question.disabled = !ready;
   ui.send.disabled = !ready || busy;
   ui.stop.disabled = !busy || Boolean(state.turn && state.turn.cancelRequested);
+  for (const button of ui.log.querySelectorAll(".lc-regen-btn")) button.disabled = !ready || busy;
   // A button that just got disabled would drop keyboard focus to <body>.
   if ((focused === ui.send || focused === ui.stop) && focused.disabled && !ui.question.disabled) {
     ui.question.focus();
@@ -619,8 +624,12 @@ function scrollLog() {
 }
 
 class Turn {
-  constructor(question) {
+  /** `options.regenerateOf`: the answer's message id when this turn regenerates it, and
+   * `options.replaces`: that answer's bubble. */
+  constructor(question, options = {}) {
     this.question = question;
+    this.regenerateOf = options.regenerateOf || null;
+    this.replaces = options.replaces || null;
     this.clientMessageId = randomId();
     this.messageId = null;
     this.lastEventId = 0;
@@ -642,12 +651,14 @@ class Turn {
   buildUi() {
     const empty = ui.log.querySelector(".lc-log-empty");
     if (empty) empty.remove();
-    ui.log.append(
-      el("div", { className: "lc-msg lc-msg-user" }, [
-        el("p", { className: "lc-who", text: "나" }),
-        el("p", { className: "lc-msg-text", text: this.question }),
-      ]),
-    );
+    if (!this.replaces) {
+      ui.log.append(
+        el("div", { className: "lc-msg lc-msg-user" }, [
+          el("p", { className: "lc-who", text: "나" }),
+          el("p", { className: "lc-msg-text", text: this.question }),
+        ]),
+      );
+    }
     this.textNode = document.createTextNode("");
     this.textEl = el("p", { className: "lc-msg-text" }, [this.textNode]);
     this.typing = el("span", { className: "lc-typing", attrs: { "aria-hidden": "true" } }, [
@@ -661,7 +672,8 @@ class Turn {
       { className: "lc-msg lc-msg-assistant", attrs: { "aria-busy": "true", "data-status": "streaming" } },
       [el("p", { className: "lc-who", text: "그라운더" }), this.textEl, this.typing, this.metaEl],
     );
-    ui.log.append(this.bubble);
+    if (this.replaces) this.replaces.after(this.bubble);
+    else ui.log.append(this.bubble);
     scrollLog();
   }
 
@@ -679,6 +691,11 @@ class Turn {
       if (data.conversation_id) setConversation(data.conversation_id);
       if (Array.isArray(data.sources)) this.sources = data.sources;
       if (data.replay) this.setText("");
+      if (data.version) this.bubble.dataset.version = String(data.version);
+      if (this.replaces) {
+        this.replaces.remove();
+        this.replaces = null;
+      }
       if (this.cancelRequested) this.sendCancel();
     } else if (type === "delta") {
       if (typeof data.text === "string" && data.text) this.appendText(data.text);
@@ -729,10 +746,7 @@ class Turn {
       this.metaEl.textContent = titles.length ? `참고 자료: ${titles.join(", ")}` : "";
       announce("답변이 완료되었습니다.");
     }
-    const rateable = status === "complete" || (status === "interrupted" && this.text);
-    if (rateable && this.messageId && !this.localStop.signal.aborted) {
-      this.bubble.append(feedbackBar(this.messageId, this.bubble));
-    }
+    if (this.messageId && !this.localStop.signal.aborted) this.bubble.append(answerActions(this));
     if (this.controller) this.controller.abort();
     if (state.turn === this) {
       state.turn = null;
@@ -802,7 +816,21 @@ class Turn {
   }
 }
 
-// -- feedback on an answer ------------------------------------------------------------------
+// -- acting on an answer: feedback, regenerate ----------------------------------------------
+
+function answerActions(turn) {
+  const rateable = turn.status === "complete" || (turn.status === "interrupted" && turn.text);
+  const regen = el("button", {
+    className: "lc-btn lc-regen-btn",
+    text: "다시 답변 받기",
+    attrs: { type: "button", title: "같은 질문에 새 답변을 받습니다" },
+  });
+  regen.addEventListener("click", () => regenerateAnswer(turn));
+  return el("div", { className: "lc-answer-actions" }, [
+    rateable ? feedbackBar(turn.messageId, turn.bubble) : null,
+    regen,
+  ]);
+}
 
 function feedbackBar(messageId, bubble) {
   const status = el("span", { className: "lc-feedback-status", attrs: { role: "status" } });
@@ -861,6 +889,24 @@ async function ensureConversation(question) {
   return true;
 }
 
+/** The request that starts `turn`: a question, or a regeneration of an answer. */
+function startRequest(turn) {
+  if (turn.regenerateOf) {
+    return {
+      path: `/messages/${encodeURIComponent(turn.regenerateOf)}/regenerate`,
+      body: { client_message_id: turn.clientMessageId },
+    };
+  }
+  return { path: "/coaching/query/stream", body: turnBody(turn) };
+}
+
+function startFrame(turn) {
+  if (turn.regenerateOf) {
+    return { type: "regenerate", message_id: turn.regenerateOf, client_message_id: turn.clientMessageId };
+  }
+  return { type: "question", ...turnBody(turn) };
+}
+
 function turnBody(turn) {
   const body = { question: turn.question, client_message_id: turn.clientMessageId };
   if (state.conversationId) body.conversation_id = state.conversationId;
@@ -880,6 +926,19 @@ async function ask(question) {
     turn.failLocally(err instanceof TypeError ? "네트워크 연결을 확인해 주세요." : err.message);
     return;
   }
+  await runTurn(turn);
+}
+
+function regenerateAnswer(previous) {
+  if (state.turn || !state.token || state.authFailed || !previous.messageId) return;
+  const turn = new Turn(previous.question, { regenerateOf: previous.messageId, replaces: previous.bubble });
+  state.turn = turn;
+  updateControls();
+  announce("그라운더가 새 답변을 작성하고 있습니다.");
+  runTurn(turn);
+}
+
+async function runTurn(turn) {
   try {
     if (selectedTransport() === "ws" && !state.wsUnavailable) await runWs(turn);
     else await runSse(turn);
@@ -957,18 +1016,20 @@ async function runSse(turn) {
           signal: controller.signal,
         });
       } else {
-        response = await fetch(`${API}/coaching/query/stream`, {
+        const start = startRequest(turn);
+        response = await fetch(API + start.path, {
           method: "POST",
           headers: authHeaders({ Accept: "text/event-stream", "Content-Type": "application/json" }),
-          body: JSON.stringify(turnBody(turn)),
+          body: JSON.stringify(start.body),
           cache: "no-store",
           signal: controller.signal,
         });
       }
       if (!response.ok) {
         const data = await readJson(response);
-        // 409: this client_message_id is still being set up; 5xx: try again.
-        retryable = response.status === 409 || response.status >= 500;
+        // 409 on a question: this client_message_id is still being set up; 5xx: try again.
+        // A regeneration's 409 (the answer is still being written) is final.
+        retryable = (response.status === 409 && !turn.regenerateOf) || response.status >= 500;
         if (response.status === 401) {
           authExpired(data && data.error ? data.error.code : null);
           // The same request again with the parent's new token; nothing started yet.
@@ -1146,7 +1207,7 @@ async function runWs(turn) {
     turn.connected();
     const frame = turn.messageId
       ? { type: "resume", message_id: turn.messageId, last_event_id: turn.lastEventId }
-      : { type: "question", ...turnBody(turn) };
+      : startFrame(turn);
     const outcome = await wsChannel.run(turn, frame);
     if (turn.cancelRequested && turn.messageId && !turn.cancelSent) turn.sendCancel();
     if (outcome !== "closed" || turn.finished) return;

@@ -1,5 +1,6 @@
-"""👍/👎 under finished answers, in headless Chromium against the real app: shown only
-once an answer has finished, stored on the server, replaced by the other button."""
+"""What a user does with an answer in the widget, in headless Chromium against the real
+app: 👍/👎 (shown only once an answer has finished, stored on the server, replaced by
+the other button) and 다시 답변 받기 (a new version streamed in the old one's place)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.browser.test_widget_e2e import (
     ASSISTANT,
@@ -86,9 +88,48 @@ async def test_a_failed_answer_gets_no_thumbs(
     final = await wait_finished(page)
     assert final["status"] == "error"
     assert await page.locator(f"{ASSISTANT} .lc-feedback").count() == 0
+    assert await page.locator(f"{ASSISTANT} .lc-regen-btn").count() == 1
     # The next, good answer gets them.
     await ask(page, "다시 물어볼게요")
     final = await wait_finished(page)
     assert final["status"] == "complete"
     assert await page.locator(f"{ASSISTANT} .lc-feedback-btn").count() == 2
+    page.problems.assert_clean()
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+async def test_regenerate_button_streams_a_new_version_in_place_of_the_old(
+    gemini_server: RunningServer, gclient: httpx.AsyncClient, page: Any, transport: str
+) -> None:
+    user = await make_user(gclient)
+    await open_widget(page, gemini_server.url, user, transport=transport)
+    regenerations: list[dict[str, Any]] = []
+    page.on(
+        "request",
+        lambda r: regenerations.append(r.post_data_json) if r.url.endswith("/regenerate") else None,
+    )
+    await ask(page, "팀원이 회의에서 말을 안 해요 " + SLOW.format(chunks=30, ms=30))
+    first = await wait_finished(page)
+    assert first["status"] == "complete"
+    regen = page.locator(ASSISTANT).get_by_role("button", name="다시 답변 받기")
+    assert await regen.is_enabled()
+    await regen.click()
+    await page.wait_for_selector("#lc-log .lc-msg-assistant[data-version='2']")
+    assert await page.get_by_role("button", name="보내기").is_disabled()
+    final = await wait_finished(page)
+    assert final["status"] == "complete" and final["messageId"] != first["messageId"]
+    assert await page.locator("#lc-log .lc-msg-assistant").count() == 1
+    assert await page.locator("#lc-log .lc-msg-user").count() == 1
+
+    stored = await stored_message(gemini_server.url, user, page, final["messageId"])
+    assert stored["content"] == final["text"]
+    assert stored["version"] == 2
+    assert stored["version_ids"] == [first["messageId"], final["messageId"]]
+    if transport == "sse":
+        assert len(regenerations) == 1 and regenerations[0]["client_message_id"]
+    else:
+        assert regenerations == []  # the socket's regenerate frame carried it
+    # The new answer can be rated and regenerated in turn.
+    assert await page.locator(f"{ASSISTANT} .lc-feedback-btn").count() == 2
+    assert await page.locator(ASSISTANT).get_by_role("button", name="다시 답변 받기").is_enabled()
     page.problems.assert_clean()
