@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -67,6 +68,11 @@ async def shown(client: httpx.AsyncClient, user: User, conversation_id: str) -> 
     return messages
 
 
+def regenerations(metrics_text: str) -> float:
+    match = re.search(r"^linkcoach_regenerations_total (\S+)$", metrics_text, re.M)
+    return float(match[1]) if match else 0.0
+
+
 # -- a provider that numbers its answers and keeps every prompt ------------------------
 
 
@@ -124,7 +130,9 @@ async def test_regenerate_streams_a_new_version_and_keeps_the_old_one(
     client: httpx.AsyncClient, server: RunningServer, alice: User
 ) -> None:
     turn = await ask(client, alice, "회의에서 의견이 안 나와요")
+    before = regenerations((await client.get("/metrics")).text)
     events = await regenerate(client, alice, turn["message_id"])
+    assert regenerations((await client.get("/metrics")).text) == before + 1
     assert [e.id for e in events] == list(range(1, len(events) + 1))
     assert events[0].event == "meta" and events[-1].event == "done"
     meta = events[0].data
@@ -304,6 +312,50 @@ async def test_regenerating_while_the_answer_still_streams_is_a_409(
         *(gclient.post(regen_url(mid), headers=user.headers) for _ in range(2))
     )
     assert sorted(r.status_code for r in statuses) == [200, 409]
+
+
+async def test_a_regeneration_is_cancelled_and_resumed_like_a_turn(
+    gclient: httpx.AsyncClient, gemini_server: RunningServer
+) -> None:
+    user = await make_user(gclient)
+    # The emulator reads its markers from the question, so every answer to it is slow.
+    question = "길게 답해 주세요 [[emulator:chunks=200,chunk_interval_ms=30]]"
+    async with gclient.stream(
+        "POST", STREAM, json={"question": question}, headers=user.headers
+    ) as first_stream:
+        first: list[SSE] = []
+        reading = asyncio.create_task(read_sse(first_stream, on_event=first))
+        while not first:
+            await asyncio.sleep(0.02)
+        turn = first[0].data
+        c = await gclient.post(
+            f"/api/v1/coaching/streams/{turn['message_id']}/cancel", headers=user.headers
+        )
+        assert c.status_code == 202
+        await asyncio.wait_for(reading, 20)
+    async with gclient.stream("POST", regen_url(turn["message_id"]), headers=user.headers) as r:
+        events: list[SSE] = []
+        reading = asyncio.create_task(read_sse(r, on_event=events))
+        while len([e for e in events if e.event == "delta"]) < 3:
+            await asyncio.sleep(0.02)
+        new_id = events[0].data["message_id"]
+        # A second reader resumes the same regeneration from an event id.
+        async with gclient.stream(
+            "GET",
+            f"/api/v1/coaching/streams/{new_id}",
+            headers={**user.headers, "Last-Event-ID": "2"},
+        ) as resumed:
+            c = await gclient.post(
+                f"/api/v1/coaching/streams/{new_id}/cancel", headers=user.headers
+            )
+            assert c.status_code == 202
+            tail = await read_sse(resumed)
+        await asyncio.wait_for(reading, 20)
+    assert events[-1].event == "done" and events[-1].data["status"] == "interrupted"
+    assert tail[0].id == 3 and tail[-1].data["finish_reason"] == "cancelled"
+    (answer,) = [m for m in await shown(gclient, user, turn["conversation_id"]) if m["reply_to"]]
+    assert answer["id"] == new_id and answer["status"] == "interrupted"
+    assert answer["content"] == text_of(events) and answer["version"] == 2
 
 
 async def test_regenerate_refuses_other_users_questions_and_bad_bodies(
