@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from .api import auth, coaching, conversations, health, openapi, reports, widget, ws
+from .api import auth, coaching, conversations, health, messages, openapi, reports, widget, ws
 from .api.common import JSON
 from .api.middleware import RequestContextMiddleware
 from .config import Settings
@@ -260,7 +260,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
             yield state
 
-    api_v1 = [*auth.routes, *conversations.routes, *coaching.routes, *reports.routes, *ws.routes]
+    api_v1 = [
+        *auth.routes,
+        *conversations.routes,
+        *coaching.routes,
+        *messages.routes,
+        *reports.routes,
+        *ws.routes,
+    ]
     middleware = [
         Middleware(RequestContextMiddleware),
         Middleware(

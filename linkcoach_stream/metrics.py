@@ -72,6 +72,15 @@ class Metrics:
             ["scope"],
             registry=r,
         )
+        self.feedback = Counter(
+            "linkcoach_answer_feedback_total",
+            "Feedback stored on answers (a replaced rating counts again)",
+            ["rating"],
+            registry=r,
+        )
+        self.regenerations = Counter(
+            "linkcoach_regenerations_total", "Answers regenerated", registry=r
+        )
         self.degraded = Counter(
             "linkcoach_degraded_total",
             "Operations served without a backing service",

@@ -71,6 +71,27 @@ def message_json(row: asyncpg.Record) -> dict[str, Any]:
         "latency_ms": row["latency_ms"],
         "sources": row["sources"],
         "created_at": row["created_at"],
+        **answer_json(row),
+    }
+
+
+def answer_json(row: asyncpg.Record) -> dict[str, Any]:
+    """An answer's feedback and versions (a question has neither)."""
+    if row["role"] != "assistant":
+        return {}
+    feedback = None
+    if row["feedback_rating"] is not None:
+        feedback = {
+            "rating": row["feedback_rating"],
+            "comment": row["feedback_comment"],
+            "updated_at": row["feedback_updated_at"],
+        }
+    ids = [str(i) for i in row["version_ids"] or [row["id"]]]
+    return {
+        "feedback": feedback,
+        "version": row["version"],
+        "version_count": len(ids),
+        "version_ids": ids,
     }
 
 
@@ -172,7 +193,7 @@ async def get_conversation(request: Request) -> JSON:
         {
             **conversation_json(conv),
             "messages": [message_json(r) for r in rows],
-            "next_cursor": str(rows[-1]["seq"]) if more else None,
+            "next_cursor": str(rows[-1]["position"]) if more else None,
         }
     )
 

@@ -27,7 +27,7 @@ ERROR = {
 
 
 def _operations() -> list[dict[str, Any]]:
-    from . import auth, coaching, conversations
+    from . import auth, coaching, conversations, messages
 
     ops: list[dict[str, Any]] = [
         {"method": "get", "path": "/health", "auth": None},
@@ -82,6 +82,7 @@ def _operations() -> list[dict[str, Any]]:
             "path": "/api/v1/coaching/streams/{message_id}/cancel",
             "auth": "bearer",
         },
+        *messages.OPENAPI_OPERATIONS,
         {"method": "post", "path": "/chat", "auth": "bearer", "body": coaching.LegacyChatRequest},
     ]
     try:
@@ -125,7 +126,7 @@ def build_document() -> dict[str, Any]:
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema
             operation["requestBody"] = {
-                "required": True,
+                "required": not op.get("body_optional"),
                 "content": {
                     "application/json": {
                         "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
@@ -138,7 +139,7 @@ def build_document() -> dict[str, Any]:
             operation["security"] = [{"apiKey": []}]
         ok = "text/event-stream" if op.get("stream") else "application/json"
         operation["responses"]["200"] = {"description": "success", "content": {ok: {"schema": {}}}}
-        for status in ("400", "401", "404", "413", "422", "429"):
+        for status in ("400", "401", "404", "413", "422", "429", *op.get("errors", ())):
             operation["responses"][status] = {
                 "description": "error",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},

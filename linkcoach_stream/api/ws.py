@@ -6,7 +6,9 @@ Protocol (also in the README):
   and Firefox close with 1002) or in a first frame `{"type": "auth", "token": ...}` sent
   within AUTH_TIMEOUT_S. A token in the query string is never read: it lands in logs.
 - `Origin`, when present, must be in CORS_ORIGINS (when that list is set).
-- Client frames: `question`, `cancel`, `resume`, `ping`. Server frames mirror the SSE
+- Client frames: `question`, `regenerate` (`message_id` of an answer, optional
+  `client_message_id`: a new version of that answer, streamed like a turn), `cancel`,
+  `resume`, `ping`. Server frames mirror the SSE
   events (`meta`, `delta`, `done`, `error`, each with `id` and `message_id`) plus `pong`,
   `ready` and `cancel_ack`. A bad frame gets an `error` frame; the socket stays open.
 - A socket is held to what each HTTP request is held to. `resume` and `cancel` frames pay
@@ -34,11 +36,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..db.repositories import users
 from ..errors import AppError, RateLimited, Unauthorized
+from ..services import answers
 from ..services.auth import Principal
 from ..services.chat import ChatService
 from ..services.streams import StreamEvent
 from .coaching import QueryRequest
 from .common import authenticate_token, dumps
+from .messages import RegenerateRequest
 
 AUTH_TIMEOUT_S = 10.0
 MAX_CONCURRENT_TURNS = 4
@@ -119,6 +123,8 @@ class Session:
                 await self.send_text_frame({"type": "pong", "t": frame.get("t")})
             elif kind == "question":
                 await self._question(frame)
+            elif kind == "regenerate":
+                await self._regenerate(frame)
             elif kind == "cancel":
                 if not await self.paid():
                     return
@@ -158,6 +164,27 @@ class Session:
             await self.error("validation_error", f"{field}: {first['msg']}", field=field)
             return
         started = await self.chat.start_turn(self.user, body.turn())
+        events = await self.chat.turn_events(self.user, started)
+        self.forward(started.message_id, events)
+
+    async def _regenerate(self, frame: dict[str, Any]) -> None:
+        if not await self.user_exists():
+            return
+        if len(self.forwarders) >= MAX_CONCURRENT_TURNS:
+            await self.error("too_many_turns", "wait for a running answer to finish")
+            return
+        message_id = _uuid(frame.get("message_id"), "message_id")
+        payload = {k: v for k, v in frame.items() if k not in ("type", "message_id")}
+        try:
+            body = RegenerateRequest.model_validate(payload)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "frame"
+            await self.error("validation_error", f"{field}: {first['msg']}", field=field)
+            return
+        started = await answers.regenerate(
+            self.chat, self.user, message_id, client_message_id=body.client_message_id
+        )
         events = await self.chat.turn_events(self.user, started)
         self.forward(started.message_id, events)
 

@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import asyncpg
@@ -70,6 +70,8 @@ class TurnStarted:
     message_id: str
     sources: list[dict[str, Any]]
     replayed: bool
+    # More `meta` fields, e.g. which answer a regeneration replaces.
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def source_of(passage: Any) -> dict[str, Any]:
@@ -293,6 +295,7 @@ class ChatService:
                 "sources": started.sources,
                 "provider": provider,
                 "model": self.provider.model,
+                **started.meta,
             },
         )
         loop = asyncio.get_running_loop()

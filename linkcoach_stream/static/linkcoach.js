@@ -15,6 +15,11 @@
 //   resumed from the last event id; only the stop button cancels a generation.
 // - Every question has its own client_message_id and the conversation exists before the
 //   first question, so a retried request can never start a second answer.
+// - A finished answer (complete, or stopped with text) gets 👍/👎; a second click
+//   replaces the rating on the server, which keeps one per user per answer.
+// - 다시 답변 받기 regenerates an answer: a turn without a new question, with its own
+//   client_message_id, streamed and resumed like any turn. The new answer takes the old
+//   one's place once the server has started it (its `meta`); until then the old one stays.
 
 const API = "/api/v1";
 const OWN_ORIGIN = window.location.origin;
@@ -30,6 +35,10 @@ const DIMENSIONS = [
 ];
 const DIMENSION_ALIASES = { sharing: "공유", share: "공유", interaction: "상호작용", growth: "성장" };
 const HIGH_THRESHOLD = 4.5;
+const RATINGS = [
+  ["up", "👍", "도움이 됐어요"],
+  ["down", "👎", "도움이 되지 않았어요"],
+];
 
 // -- configuration rendered by the server -------------------------------------------------
 
@@ -355,6 +364,7 @@ function errorText(status, data, response) {
     return `요청이 너무 많습니다. ${seconds}초 후에 다시 시도해 주세요.`;
   }
   if (status === 413) return "보낸 내용이 너무 깁니다.";
+  if (code === "answer_in_progress") return "이 질문의 답변이 아직 작성 중입니다. 끝난 뒤 다시 시도해 주세요.";
   if (status === 422 && data && data.error && data.error.field === "question") {
     return `질문은 1자 이상 ${config.maxQuestionChars}자 이하로 입력해 주세요.`;
   }
@@ -593,6 +603,7 @@ function updateControls() {
   ui.question.disabled = !ready;
   ui.send.disabled = !ready || busy;
   ui.stop.disabled = !busy || Boolean(state.turn && state.turn.cancelRequested);
+  for (const button of ui.log.querySelectorAll(".lc-regen-btn")) button.disabled = !ready || busy;
   // A button that just got disabled would drop keyboard focus to <body>.
   if ((focused === ui.send || focused === ui.stop) && focused.disabled && !ui.question.disabled) {
     ui.question.focus();
@@ -613,8 +624,12 @@ function scrollLog() {
 }
 
 class Turn {
-  constructor(question) {
+  /** `options.regenerateOf`: the answer's message id when this turn regenerates it, and
+   * `options.replaces`: that answer's bubble. */
+  constructor(question, options = {}) {
     this.question = question;
+    this.regenerateOf = options.regenerateOf || null;
+    this.replaces = options.replaces || null;
     this.clientMessageId = randomId();
     this.messageId = null;
     this.lastEventId = 0;
@@ -636,12 +651,14 @@ class Turn {
   buildUi() {
     const empty = ui.log.querySelector(".lc-log-empty");
     if (empty) empty.remove();
-    ui.log.append(
-      el("div", { className: "lc-msg lc-msg-user" }, [
-        el("p", { className: "lc-who", text: "나" }),
-        el("p", { className: "lc-msg-text", text: this.question }),
-      ]),
-    );
+    if (!this.replaces) {
+      ui.log.append(
+        el("div", { className: "lc-msg lc-msg-user" }, [
+          el("p", { className: "lc-who", text: "나" }),
+          el("p", { className: "lc-msg-text", text: this.question }),
+        ]),
+      );
+    }
     this.textNode = document.createTextNode("");
     this.textEl = el("p", { className: "lc-msg-text" }, [this.textNode]);
     this.typing = el("span", { className: "lc-typing", attrs: { "aria-hidden": "true" } }, [
@@ -655,7 +672,8 @@ class Turn {
       { className: "lc-msg lc-msg-assistant", attrs: { "aria-busy": "true", "data-status": "streaming" } },
       [el("p", { className: "lc-who", text: "그라운더" }), this.textEl, this.typing, this.metaEl],
     );
-    ui.log.append(this.bubble);
+    if (this.replaces) this.replaces.after(this.bubble);
+    else ui.log.append(this.bubble);
     scrollLog();
   }
 
@@ -673,6 +691,11 @@ class Turn {
       if (data.conversation_id) setConversation(data.conversation_id);
       if (Array.isArray(data.sources)) this.sources = data.sources;
       if (data.replay) this.setText("");
+      if (data.version) this.bubble.dataset.version = String(data.version);
+      if (this.replaces) {
+        this.replaces.remove();
+        this.replaces = null;
+      }
       if (this.cancelRequested) this.sendCancel();
     } else if (type === "delta") {
       if (typeof data.text === "string" && data.text) this.appendText(data.text);
@@ -723,6 +746,7 @@ class Turn {
       this.metaEl.textContent = titles.length ? `참고 자료: ${titles.join(", ")}` : "";
       announce("답변이 완료되었습니다.");
     }
+    if (this.messageId && !this.localStop.signal.aborted) this.bubble.append(answerActions(this));
     if (this.controller) this.controller.abort();
     if (state.turn === this) {
       state.turn = null;
@@ -792,6 +816,64 @@ class Turn {
   }
 }
 
+// -- acting on an answer: feedback, regenerate ----------------------------------------------
+
+function answerActions(turn) {
+  const rateable = turn.status === "complete" || (turn.status === "interrupted" && turn.text);
+  const regen = el("button", {
+    className: "lc-btn lc-regen-btn",
+    text: "다시 답변 받기",
+    attrs: { type: "button", title: "같은 질문에 새 답변을 받습니다" },
+  });
+  regen.addEventListener("click", () => regenerateAnswer(turn));
+  return el("div", { className: "lc-answer-actions" }, [
+    rateable ? feedbackBar(turn.messageId, turn.bubble) : null,
+    regen,
+  ]);
+}
+
+function feedbackBar(messageId, bubble) {
+  const status = el("span", { className: "lc-feedback-status", attrs: { role: "status" } });
+  const buttons = RATINGS.map(([rating, emoji, label]) =>
+    el("button", {
+      className: "lc-feedback-btn",
+      text: emoji,
+      attrs: { type: "button", "aria-label": label, title: label, "aria-pressed": "false", "data-rating": rating },
+    }),
+  );
+  for (const button of buttons) {
+    button.addEventListener("click", () => sendFeedback(messageId, button.dataset.rating, bubble, buttons, status));
+  }
+  return el("div", { className: "lc-feedback", attrs: { role: "group", "aria-label": "이 답변 평가" } }, [
+    ...buttons,
+    status,
+  ]);
+}
+
+async function sendFeedback(messageId, rating, bubble, buttons, status) {
+  for (const button of buttons) button.disabled = true;
+  status.textContent = "";
+  status.classList.remove("lc-error");
+  let result = null;
+  try {
+    result = await api("POST", `/messages/${encodeURIComponent(messageId)}/feedback`, { rating });
+  } catch {
+    result = null;
+  }
+  for (const button of buttons) button.disabled = false;
+  if (!result || !result.ok) {
+    status.textContent = result
+      ? errorText(result.status, result.data, result.response)
+      : "네트워크 연결을 확인해 주세요.";
+    status.classList.add("lc-error");
+    return;
+  }
+  const stored = result.data && result.data.rating;
+  for (const button of buttons) button.setAttribute("aria-pressed", String(button.dataset.rating === stored));
+  bubble.dataset.feedback = stored || "";
+  status.textContent = "의견을 보내 주셔서 고맙습니다.";
+}
+
 function setConversation(id) {
   state.conversationId = id;
   ui.log.dataset.conversationId = id;
@@ -805,6 +887,24 @@ async function ensureConversation(question) {
   if (!result.ok) throw new Error(errorText(result.status, result.data, result.response));
   setConversation(result.data.id);
   return true;
+}
+
+/** The request that starts `turn`: a question, or a regeneration of an answer. */
+function startRequest(turn) {
+  if (turn.regenerateOf) {
+    return {
+      path: `/messages/${encodeURIComponent(turn.regenerateOf)}/regenerate`,
+      body: { client_message_id: turn.clientMessageId },
+    };
+  }
+  return { path: "/coaching/query/stream", body: turnBody(turn) };
+}
+
+function startFrame(turn) {
+  if (turn.regenerateOf) {
+    return { type: "regenerate", message_id: turn.regenerateOf, client_message_id: turn.clientMessageId };
+  }
+  return { type: "question", ...turnBody(turn) };
 }
 
 function turnBody(turn) {
@@ -826,6 +926,19 @@ async function ask(question) {
     turn.failLocally(err instanceof TypeError ? "네트워크 연결을 확인해 주세요." : err.message);
     return;
   }
+  await runTurn(turn);
+}
+
+function regenerateAnswer(previous) {
+  if (state.turn || !state.token || state.authFailed || !previous.messageId) return;
+  const turn = new Turn(previous.question, { regenerateOf: previous.messageId, replaces: previous.bubble });
+  state.turn = turn;
+  updateControls();
+  announce("그라운더가 새 답변을 작성하고 있습니다.");
+  runTurn(turn);
+}
+
+async function runTurn(turn) {
   try {
     if (selectedTransport() === "ws" && !state.wsUnavailable) await runWs(turn);
     else await runSse(turn);
@@ -903,18 +1016,20 @@ async function runSse(turn) {
           signal: controller.signal,
         });
       } else {
-        response = await fetch(`${API}/coaching/query/stream`, {
+        const start = startRequest(turn);
+        response = await fetch(API + start.path, {
           method: "POST",
           headers: authHeaders({ Accept: "text/event-stream", "Content-Type": "application/json" }),
-          body: JSON.stringify(turnBody(turn)),
+          body: JSON.stringify(start.body),
           cache: "no-store",
           signal: controller.signal,
         });
       }
       if (!response.ok) {
         const data = await readJson(response);
-        // 409: this client_message_id is still being set up; 5xx: try again.
-        retryable = response.status === 409 || response.status >= 500;
+        // 409 on a question: this client_message_id is still being set up; 5xx: try again.
+        // A regeneration's 409 (the answer is still being written) is final.
+        retryable = (response.status === 409 && !turn.regenerateOf) || response.status >= 500;
         if (response.status === 401) {
           authExpired(data && data.error ? data.error.code : null);
           // The same request again with the parent's new token; nothing started yet.
@@ -1092,7 +1207,7 @@ async function runWs(turn) {
     turn.connected();
     const frame = turn.messageId
       ? { type: "resume", message_id: turn.messageId, last_event_id: turn.lastEventId }
-      : { type: "question", ...turnBody(turn) };
+      : startFrame(turn);
     const outcome = await wsChannel.run(turn, frame);
     if (turn.cancelRequested && turn.messageId && !turn.cancelSent) turn.sendCancel();
     if (outcome !== "closed" || turn.finished) return;

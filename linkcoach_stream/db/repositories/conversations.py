@@ -161,11 +161,24 @@ async def list_messages(
     limit: int,
     after_seq: int | None = None,
 ) -> list[asyncpg.Record]:
+    """Shown messages in order, after position `after_seq`: current reply versions only,
+    each with its feedback and the ids of all its versions (`answers.py`)."""
     return await conn.fetch(
         f"""
-        SELECT {MESSAGE_COLUMNS} FROM messages
-        WHERE conversation_id = $1 AND seq > $2
-        ORDER BY seq LIMIT $3
+        SELECT m.*, f.rating AS feedback_rating, f.comment AS feedback_comment,
+               f.updated_at AS feedback_updated_at, v.version_ids
+        FROM (
+            SELECT {MESSAGE_COLUMNS}, version, COALESCE(anchor_seq, seq) AS position
+            FROM messages
+            WHERE conversation_id = $1 AND NOT superseded AND COALESCE(anchor_seq, seq) > $2
+            ORDER BY COALESCE(anchor_seq, seq) LIMIT $3
+        ) m
+        LEFT JOIN message_feedback f ON f.message_id = m.id
+        LEFT JOIN LATERAL (
+            SELECT array_agg(r.id ORDER BY r.version) AS version_ids FROM messages r
+            WHERE m.role = 'assistant' AND r.reply_to = m.reply_to
+        ) v ON true
+        ORDER BY m.position
         """,
         conversation_id,
         after_seq or 0,
@@ -176,12 +189,13 @@ async def list_messages(
 async def recent_history(
     conn: asyncpg.Connection, *, conversation_id: uuid.UUID, limit: int
 ) -> list[asyncpg.Record]:
-    """The newest completed or partial turns, oldest first, for the prompt."""
+    """The newest completed or partial turns, oldest first, for the prompt (current
+    versions of regenerated replies, where their first version stood)."""
     rows = await conn.fetch(
         """
         SELECT role, content FROM messages
-        WHERE conversation_id = $1 AND content <> '' AND status <> 'error'
-        ORDER BY seq DESC LIMIT $2
+        WHERE conversation_id = $1 AND content <> '' AND status <> 'error' AND NOT superseded
+        ORDER BY COALESCE(anchor_seq, seq) DESC LIMIT $2
         """,
         conversation_id,
         limit,
@@ -210,9 +224,11 @@ async def recent_tails(
             ORDER BY updated_at DESC, id DESC LIMIT $2
         ) c
         CROSS JOIN LATERAL (
-            SELECT seq, role, left(content, $4) AS content FROM messages
+            SELECT COALESCE(anchor_seq, seq) AS seq, role, left(content, $4) AS content
+            FROM messages
             WHERE conversation_id = c.id AND content <> '' AND status <> 'error'
-            ORDER BY seq DESC LIMIT $3
+              AND NOT superseded
+            ORDER BY COALESCE(anchor_seq, seq) DESC LIMIT $3
         ) m
         ORDER BY c.updated_at DESC, c.id, m.seq
         """,
@@ -264,7 +280,8 @@ async def find_turn_by_client_id(
     if user_msg is None:
         return None
     reply = await conn.fetchrow(
-        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE reply_to = $1", user_msg["id"]
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE reply_to = $1 AND NOT superseded",
+        user_msg["id"],
     )
     return user_msg, reply
 
