@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from .api import auth, coaching, conversations, health, openapi, reports, widget, ws
+from .api import auth, coaching, conversations, health, openapi, reports, usage, widget, ws
 from .api.common import JSON
 from .api.middleware import RequestContextMiddleware
 from .config import Settings
@@ -255,6 +255,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield state
 
     api_v1 = [*auth.routes, *conversations.routes, *coaching.routes, *reports.routes, *ws.routes]
+    api_v1 += usage.routes
     middleware = [
         Middleware(RequestContextMiddleware),
         Middleware(
