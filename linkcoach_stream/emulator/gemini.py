@@ -44,7 +44,8 @@ Deliberate decisions (do not "fix"):
   cut by character count and routinely split Korean words, as real streams do.
 - A JSON-schema ``pattern`` is not honoured; everything else the schema walker knows
   (types, enum/const, bounds, lengths, item counts, $ref, anyOf) is.
-- Thinking: a request's ``generationConfig.thinkingConfig.thinkingBudget`` N > 0 makes the
+- Thinking: a request's ``generationConfig.thinkingConfig.thinkingBudget`` (or
+  ``thinking_budget``, as google-genai writes it) N > 0 makes the
   model "think" N tokens before its first chunk, which waits ``thinking_ms_per_token``
   each, is reported as ``thoughtsTokenCount`` and counts against ``maxOutputTokens``
   (an answer without room left is cut, ``finishReason: MAX_TOKENS``), as on
@@ -503,7 +504,10 @@ def _parse_generate(
 
 def _thought_tokens(generation_config: Mapping[str, Any], config: EmulatorConfig) -> int:
     thinking = generation_config.get("thinkingConfig") or {}
-    budget = thinking.get("thinkingBudget") if isinstance(thinking, dict) else None
+    budget = None
+    if isinstance(thinking, dict):
+        # Proto JSON takes both spellings; google-genai sends the snake_case one here.
+        budget = thinking.get("thinkingBudget", thinking.get("thinking_budget"))
     if budget is None or budget == -1:
         return config.dynamic_thinking_tokens
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < -1:
