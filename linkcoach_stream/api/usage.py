@@ -53,7 +53,10 @@ async def get_usage(request: Request) -> JSON:
     async with request.state.db.acquire() as conn:
         today = await repo.today(conn, timezone=settings.usage_timezone)
         end = end or today
-        start = start or end - timedelta(days=DEFAULT_DAYS - 1)
+        try:
+            start = start or end - timedelta(days=DEFAULT_DAYS - 1)
+        except OverflowError:
+            raise ValidationFailed("to: too early for a default range", field="to") from None
         if start > end:
             raise ValidationFailed("from: must not be after to", field="from")
         if (end - start).days >= MAX_DAYS:
@@ -84,5 +87,37 @@ async def get_usage(request: Request) -> JSON:
         }
     )
 
+
+def _date_param(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", "format": "date"},
+    }
+
+
+OPENAPI_OPERATIONS: list[dict[str, Any]] = [
+    {
+        "method": "get",
+        "path": "/api/v1/usage",
+        "auth": "bearer",
+        "summary": "The caller's usage per day (turns, reports, tokens) and daily budget",
+        "description": (
+            "Every day of [from, to] in USAGE_TIMEZONE, zeros included: turns, "
+            "estimated_turns (turns whose usage is an estimate because the stream ended "
+            "early), reports (reports generated; cache hits are free), prompt_tokens, "
+            "completion_tokens, cached_tokens, thought_tokens, total_tokens (prompt + "
+            "completion + thought). `budget` holds USER_DAILY_TOKEN_BUDGET (null when off), "
+            "what is spent today and when it resets. A turn refused by the budget is a 429 "
+            "`budget_exceeded` with `resets_at`."
+        ),
+        "parameters": [
+            _date_param("from", "first day, YYYY-MM-DD (default: 29 days before `to`)"),
+            _date_param("to", "last day, YYYY-MM-DD (default: today); at most 366 days"),
+        ],
+    }
+]
 
 routes = [Route("/usage", get_usage, methods=["GET"], name="usage:get")]

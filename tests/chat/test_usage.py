@@ -87,6 +87,7 @@ async def test_usage_range_is_validated_and_needs_auth(
         ({"to": "어제"}, "to"),
         ({"from": "2026-02-02", "to": "2026-02-01"}, "from"),
         ({"from": "2024-01-01", "to": "2026-01-01"}, "from"),
+        ({"to": "0001-01-05"}, "to"),
     ]
     for params, field in cases:
         r = await client.get(USAGE, params=params, headers=alice.headers)
