@@ -26,6 +26,9 @@ Deliberate decisions (do not "fix"):
   기업 3-6-2-3, 카카오뱅크 4-2-7, ...), or 10-14 plain digits right after a word
   such as 계좌/통장/입금/은행. Plain digits without such a word are left alone: they are
   far more often order or tracking numbers.
+- A number inside a run of ASCII letters and digits (an API key, a hash, `user0101...`)
+  is part of that token and stays; Korean text right before or after a number does not
+  protect it (`번호는010-1234-5678입니다` is masked).
 - Dates (2024-12-03, 2024.12.03), amounts (1,500,000원), version strings (3.10.12),
   times and two-group numbers (order numbers like 20241203-000123) are never touched;
   `tests/privacy/test_pii.py` holds the table of cases that must and must not be masked.
@@ -51,20 +54,24 @@ CARD = "[카드번호]"
 ACCOUNT = "[계좌번호]"
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# A number inside a longer run of ASCII letters and digits (a key, a hash, an id) is part
+# of that token, not a number of its own; Korean text right next to it is fine.
+_START = r"(?<![A-Za-z0-9])(?<!\d[-.])"
+_END = r"(?![-.]?\d)(?![A-Za-z])"
 _RRN = re.compile(
-    r"(?<!\d)(?<!\d[-.])(\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])"
-    r"\s?[-–]?\s?([1-8])\d{6}(?![-.]?\d)"
+    _START + r"(\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])\s?[-–]?\s?([1-8])\d{6}" + _END
 )
-_CARD = re.compile(r"(?<!\d)(?<!\d[-.])\d(?:[ -]?\d){12,18}(?![-.]?\d)")
+_CARD = re.compile(_START + r"\d(?:[ -]?\d){12,18}" + _END)
 _PHONE = re.compile(
-    r"(?<![\d+])(?<!\d[-.])"
+    r"(?<![A-Za-z0-9+])(?<!\d[-.])"
     r"(?:(?:\+82[-.\s]?\(?0?\)?|\(?0)"
     r"(?:1[016789]|2|[3-6][1-5]|70|50[2-8]|80)\)?)"
-    r"[-.\s]?\d{3,4}[-.\s]?\d{4}(?![-.]?\d)"
+    r"[-.\s]?\d{3,4}[-.\s]?\d{4}" + _END
 )
-_ACCOUNT_GROUPED = re.compile(r"(?<![A-Za-z0-9-])(?<!\d[.])\d{2,6}(?:-\d{2,7}){2,3}(?![-.]?\d)")
+_ACCOUNT_GROUPED = re.compile(r"(?<![A-Za-z0-9-])(?<!\d[.])\d{2,6}(?:-\d{2,7}){2,3}" + _END)
 _ACCOUNT_PLAIN = re.compile(
-    r"((?:계좌|통장|입금|송금|이체|은행|뱅크|account)\D{0,12}?)(?<!\d)\d{10,14}(?!\d)",
+    r"((?:계좌|통장|입금|송금|이체|은행|뱅크|account)\D{0,12}?)(?<![A-Za-z0-9])\d{10,14}"
+    r"(?![A-Za-z0-9])",
     re.IGNORECASE,
 )
 _SEPARATORS = re.compile(r"[ -]")

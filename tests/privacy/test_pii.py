@@ -83,6 +83,10 @@ KEPT = [
     "진단 점수 4.5 / 6",
     "IP 192.168.0.1",
     "그라운더에게 질문합니다",
+    # digits inside a key, hash or id belong to that token
+    "sk_live_51HxQ926379b56119543349006ab0d82bd3e20",
+    "user01012345678",
+    "sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
 ]
 
 
