@@ -10,6 +10,7 @@ import asyncpg
 import httpx
 
 from linkcoach_stream.config import Settings
+from linkcoach_stream.llm.prompts import PERSONA, system_instruction
 from tests.conftest import (
     RunningServer,
     gemini_settings,
@@ -21,12 +22,17 @@ from tests.conftest import (
 QUERY = "/api/v1/coaching/query"
 
 
-async def sent_config(emulator: str, tag: str) -> dict[str, Any]:
+async def sent(emulator: str, tag: str) -> dict[str, Any]:
     async with httpx.AsyncClient() as c:
         recent = (await c.get(f"{emulator}/_emulator/requests")).json()
     found = [r for r in recent if tag in "\n".join(r["texts"])]
     assert len(found) == 1
-    config: dict[str, Any] = found[0]["generation_config"]
+    request: dict[str, Any] = found[0]
+    return request
+
+
+async def sent_config(emulator: str, tag: str) -> dict[str, Any]:
+    config: dict[str, Any] = (await sent(emulator, tag))["generation_config"]
     return config
 
 
@@ -58,6 +64,11 @@ async def test_chat_turns_ask_for_no_thinking_by_default(
     assert config["maxOutputTokens"] == gemini_server.settings.llm_max_output_tokens
     assert body["usage"]["thought_tokens"] is None
     assert body["finish_reason"] == "stop"
+    # Stable part first (persona, then the type), the turn's own part last.
+    texts = (await sent(emulator, tag))["texts"]
+    assert texts[0] == system_instruction("HHH")
+    assert texts[0].startswith(PERSONA)
+    assert texts[-1].startswith(f"리더의 질문: {tag}")
 
 
 async def test_a_thinking_budget_is_sent_recorded_and_delays_the_first_token(
