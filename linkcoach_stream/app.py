@@ -21,7 +21,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from .api import auth, coaching, conversations, health, messages, openapi, reports, widget, ws
+from .api import (
+    auth,
+    coaching,
+    conversations,
+    health,
+    messages,
+    openapi,
+    reports,
+    usage,
+    widget,
+    ws,
+)
 from .api.common import JSON
 from .api.middleware import RequestContextMiddleware
 from .config import Settings
@@ -266,6 +277,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *coaching.routes,
         *messages.routes,
         *reports.routes,
+        *usage.routes,
         *ws.routes,
     ]
     middleware = [

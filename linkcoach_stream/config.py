@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 PLACEHOLDER_SECRETS = frozenset(
     {
@@ -125,6 +126,16 @@ class Settings:
     llm_total_timeout_s: float = 180.0
     llm_retries: int = 2
     history_token_budget: int = 3000
+    # gemini-2.5-flash thinks before its first visible token unless told not to: that
+    # adds seconds to the first token and is billed as output. 0 = no thinking, -1 = the
+    # model decides, N = at most N thought tokens (added to maxOutputTokens).
+    gemini_thinking_budget: int = 0
+    report_thinking_budget: int = -1
+    pii_masking: bool = True
+    # Tokens (prompt + completion + thoughts) a user may spend per day; 0 = no budget.
+    user_daily_token_budget: int = 0
+    # Usage days (and the budget's reset) follow this zone's midnight.
+    usage_timezone: str = "Asia/Seoul"
 
     jwt_secret_key: str = DEV_JWT_SECRET
     jwt_algorithm: str = "HS256"
@@ -212,6 +223,15 @@ class Settings:
             raise ConfigError("STREAM_SWEEP_INTERVAL must not be negative (0 switches it off)")
         if self.gemini_stream_transport not in {"direct", "sdk"}:
             raise ConfigError("GEMINI_STREAM_TRANSPORT must be 'direct' or 'sdk'")
+        for name in ("gemini_thinking_budget", "report_thinking_budget"):
+            if getattr(self, name) < -1:
+                raise ConfigError(f"{name.upper()} must be -1 (dynamic), 0 (off) or a budget")
+        if self.user_daily_token_budget < 0:
+            raise ConfigError("USER_DAILY_TOKEN_BUDGET must be >= 0 (0 = no budget)")
+        try:
+            ZoneInfo(self.usage_timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"USAGE_TIMEZONE is not a known time zone: {exc}") from exc
         if self.provider_name == "gemini" and not self.gemini_api_key:
             raise ConfigError("LLM_PROVIDER=gemini needs GEMINI_API_KEY")
         return self
@@ -308,6 +328,11 @@ class Settings:
             llm_total_timeout_s=num("LLM_TOTAL_TIMEOUT", d.llm_total_timeout_s),
             llm_retries=int(num("LLM_RETRIES", d.llm_retries)),
             history_token_budget=int(num("HISTORY_TOKEN_BUDGET", d.history_token_budget)),
+            gemini_thinking_budget=int(num("GEMINI_THINKING_BUDGET", d.gemini_thinking_budget)),
+            report_thinking_budget=int(num("REPORT_THINKING_BUDGET", d.report_thinking_budget)),
+            pii_masking=_bool(get("PII_MASKING", "on") or "on"),
+            user_daily_token_budget=int(num("USER_DAILY_TOKEN_BUDGET", d.user_daily_token_budget)),
+            usage_timezone=get("USAGE_TIMEZONE", d.usage_timezone) or d.usage_timezone,
             jwt_secret_key=get("JWT_SECRET_KEY", d.jwt_secret_key) or "",
             jwt_algorithm=get("JWT_ALGORITHM", d.jwt_algorithm) or d.jwt_algorithm,
             jwt_issuer=get("JWT_ISSUER", d.jwt_issuer) or d.jwt_issuer,

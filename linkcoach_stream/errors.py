@@ -99,3 +99,15 @@ class UpstreamError(AppError):
     status = 502
     code = "llm_error"
     ws_close = 1011
+
+
+class BudgetExceeded(RateLimited):
+    """The user's daily token budget is spent; `resets_at` is the next local midnight."""
+
+    code = "budget_exceeded"
+
+    def __init__(
+        self, message: str, *, retry_after: float, resets_at: str, budget: int, spent: int
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.extra.update(resets_at=resets_at, budget=budget, spent=spent)

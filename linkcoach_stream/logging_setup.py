@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from .services.pii import mask_pii
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
@@ -24,7 +26,8 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            # Personal data never reaches a log line, whatever a message or error quotes.
+            "msg": mask_pii(record.getMessage()),
         }
         rid = request_id_var.get()
         if rid:
@@ -33,7 +36,7 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = mask_pii(self.formatException(record.exc_info))
         return orjson.dumps(entry, default=str).decode()
 
 

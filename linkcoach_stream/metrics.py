@@ -49,7 +49,18 @@ class Metrics:
             "linkcoach_llm_errors_total", "LLM failures by kind", ["provider", "kind"], registry=r
         )
         self.tokens = Counter(
-            "linkcoach_llm_tokens_total", "Tokens used", ["provider", "kind"], registry=r
+            "linkcoach_llm_tokens_total",
+            "Tokens used by kind: prompt (cached included), completion, cached (the part of "
+            "the prompt served from Gemini's implicit cache), thought",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.usage_estimated = Counter(
+            "linkcoach_usage_estimated_total",
+            "Turns whose recorded usage is an estimate (the stream ended before the "
+            "provider's final usage)",
+            ["provider"],
+            registry=r,
         )
         self.cache = Counter(
             "linkcoach_report_cache_total", "Report cache lookups", ["tier", "result"], registry=r

@@ -15,8 +15,10 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from ..errors import BadRequest, NotFound
+from ..llm.base import Turn
 from ..services.chat import ChatService, TurnRequest, collect
 from ..services.legacy_chat import clean_history, find_continued_conversation
+from ..services.pii import mask_pii
 from ..services.streams import StreamEvent
 from .common import JSON, DbText, path_uuid, read_model, require_user
 
@@ -219,6 +221,9 @@ async def legacy_chat(request: Request) -> JSON:
         max_chars=settings.chat_history_item_chars,
         question=body.question,
     )
+    if settings.pii_masking:
+        # Stored messages are masked: the history must be too to be matched to them.
+        history = [Turn(t.role, mask_pii(t.content)) for t in history]
     async with request.state.db.acquire() as conn:
         conversation_id = await find_continued_conversation(
             conn, user_id=user.user_id, history=history

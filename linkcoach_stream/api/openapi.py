@@ -90,6 +90,9 @@ def _operations() -> list[dict[str, Any]]:
     except ImportError:  # pragma: no cover - reports are part of every build
         return ops
     ops += getattr(reports, "OPENAPI_OPERATIONS", [])
+    from . import usage
+
+    ops += usage.OPENAPI_OPERATIONS
     return ops
 
 
@@ -118,8 +121,12 @@ def build_document() -> dict[str, Any]:
                 },
                 {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
             ]
+        params += op.get("parameters", [])
         if params:
             operation["parameters"] = params
+        for key in ("summary", "description"):
+            if key in op:
+                operation[key] = op[key]
         model: type[BaseModel] | None = op.get("body")
         if model is not None:
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -44,6 +44,19 @@ Deliberate decisions (do not "fix"):
   cut by character count and routinely split Korean words, as real streams do.
 - A JSON-schema ``pattern`` is not honoured; everything else the schema walker knows
   (types, enum/const, bounds, lengths, item counts, $ref, anyOf) is.
+- Thinking: a request's ``generationConfig.thinkingConfig.thinkingBudget`` (or
+  ``thinking_budget``, as google-genai writes it) N > 0 makes the
+  model "think" N tokens before its first chunk, which waits ``thinking_ms_per_token``
+  each, is reported as ``thoughtsTokenCount`` and counts against ``maxOutputTokens``
+  (an answer without room left is cut, ``finishReason: MAX_TOKENS``), as on
+  gemini-2.5-flash. -1 or no thinkingConfig (dynamic, the model's default) thinks
+  ``dynamic_thinking_tokens``, 0 by default so requests that never ask keep their timing.
+- Implicit prefix caching: every prefix of a request (model, system instruction, then
+  each content in turn) is remembered; a later request sharing one of at least
+  ``cache_min_tokens`` tokens (1024, gemini-2.5-flash's minimum) reports it as
+  ``cachedContentTokenCount``. Prefixes are compared per content, not per token.
+- ``GET /_emulator/requests`` returns the last requests' texts and generation config, so
+  tests can check what the model was sent.
 """
 
 from __future__ import annotations
@@ -52,13 +65,14 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import logging
 import math
 import random
 import re
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -208,6 +222,9 @@ _COERCERS: dict[str, Callable[[object, str], object]] = {
     "model_version": _as_optional_str,
     "api_key": _as_optional_str,
     "seed": _as_optional_int,
+    "thinking_ms_per_token": _as_float,
+    "dynamic_thinking_tokens": _as_int,
+    "cache_min_tokens": _as_int,
 }
 _RANGE_SHORTHANDS = {"ttft_ms": "ttft_ms", "chunk_interval_ms": "chunk_interval_ms"}
 
@@ -237,6 +254,9 @@ class EmulatorConfig:
     model_version: str | None = None
     api_key: str | None = None
     seed: int | None = None
+    thinking_ms_per_token: float = 2.0
+    dynamic_thinking_tokens: int = 0
+    cache_min_tokens: int = 1024
 
     def __post_init__(self) -> None:
         for name in ("ttft_ms", "chunk_interval_ms"):
@@ -253,6 +273,10 @@ class EmulatorConfig:
             raise ValueError("fault_rate must be within 0..1")
         if not 1 <= self.embedding_dim <= MAX_EMBEDDING_DIM:
             raise ValueError(f"embedding_dim must be within 1..{MAX_EMBEDDING_DIM}")
+        if self.thinking_ms_per_token < 0 or self.dynamic_thinking_tokens < 0:
+            raise ValueError("thinking_ms_per_token and dynamic_thinking_tokens must be >= 0")
+        if self.cache_min_tokens < 0:
+            raise ValueError("cache_min_tokens must be >= 0")
 
     def updated(self, changes: Mapping[str, object]) -> EmulatorConfig:
         """A copy with ``changes`` applied; values may be strings (CLI, markers) or JSON.
@@ -353,12 +377,32 @@ class _Stats:
         }
 
 
+_PREFIXES_KEPT = 50_000
+_REQUESTS_KEPT = 64
+
+
 @dataclass(slots=True)
 class _Runtime:
     config: EmulatorConfig
     stats: _Stats
     rng: random.Random
     response_ids: itertools.count[int]
+    # Prefix digests seen, oldest first (an LRU), for implicit caching.
+    prefixes: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    recent: deque[dict[str, object]] = field(default_factory=lambda: deque(maxlen=_REQUESTS_KEPT))
+
+    def cached_bytes(self, req: _GenerateRequest) -> int:
+        """Bytes of the longest remembered prefix of `req`; remembers all of its own."""
+        best = 0
+        for digest, size in req.prefixes:
+            if digest in self.prefixes:
+                self.prefixes.move_to_end(digest)
+                best = size
+            else:
+                self.prefixes[digest] = None
+        while len(self.prefixes) > _PREFIXES_KEPT:
+            self.prefixes.popitem(last=False)
+        return best
 
 
 def _runtime(request: Request) -> _Runtime:
@@ -377,6 +421,9 @@ class _GenerateRequest:
     markers: dict[str, str]
     prompt_bytes: int
     generation_config: Mapping[str, Any]
+    # (digest, bytes so far) after the system instruction and after each content.
+    prefixes: tuple[tuple[bytes, int], ...] = ()
+    texts: tuple[str, ...] = ()
 
 
 def _load_json(raw: bytes) -> Any:
@@ -415,14 +462,24 @@ def _parse_generate(
         raise GeminiError(400, f"* {request_name}.contents: contents is not specified")
     prompt_bytes = 0
     question: str | None = None
-    for i, content in enumerate(contents):
-        texts = _content_texts(content, f"contents[{i}]")
-        prompt_bytes += sum(len(t.encode()) for t in texts)
-        if content.get("role") in (None, "user"):
-            question = "\n".join(texts)
+    digest = hashlib.blake2b(digest_size=16)
+    prefixes: list[tuple[bytes, int]] = []
+    all_texts: list[str] = []
     system = body.get("systemInstruction")
     if system is not None:
-        prompt_bytes += sum(len(t.encode()) for t in _content_texts(system, "systemInstruction"))
+        system_texts = _content_texts(system, "systemInstruction")
+        all_texts.extend(system_texts)
+        prompt_bytes += sum(len(t.encode()) for t in system_texts)
+        digest.update(orjson.dumps(["system", system_texts]))
+        prefixes.append((digest.copy().digest(), prompt_bytes))
+    for i, content in enumerate(contents):
+        texts = _content_texts(content, f"contents[{i}]")
+        all_texts.extend(texts)
+        prompt_bytes += sum(len(t.encode()) for t in texts)
+        digest.update(orjson.dumps([content.get("role"), texts]))
+        prefixes.append((digest.copy().digest(), prompt_bytes))
+        if content.get("role") in (None, "user"):
+            question = "\n".join(texts)
     generation_config = body.get("generationConfig") or {}
     if not isinstance(generation_config, dict):
         raise GeminiError(400, "Invalid value at 'generation_config', expected an object.")
@@ -440,7 +497,35 @@ def _parse_generate(
         markers=markers,
         prompt_bytes=prompt_bytes,
         generation_config=generation_config,
+        prefixes=tuple(prefixes),
+        texts=tuple(all_texts),
     )
+
+
+def _thought_tokens(generation_config: Mapping[str, Any], config: EmulatorConfig) -> int:
+    thinking = generation_config.get("thinkingConfig") or {}
+    budget = None
+    if isinstance(thinking, dict):
+        # Proto JSON takes both spellings; google-genai sends the snake_case one here.
+        budget = thinking.get("thinkingBudget", thinking.get("thinking_budget"))
+    if budget is None or budget == -1:
+        return config.dynamic_thinking_tokens
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < -1:
+        raise GeminiError(
+            400, "Invalid value at 'generation_config.thinking_config.thinking_budget'"
+        )
+    return budget
+
+
+def _fit_output(text: str, room_tokens: int) -> str:
+    """The start of `text` that fits `room_tokens` (by the same ~4 bytes a token)."""
+    room = room_tokens * 4
+    used = 0
+    for i, ch in enumerate(text):
+        used += len(ch.encode())
+        if used > room:
+            return text[:i]
+    return text
 
 
 def _estimate_tokens(utf8_bytes: int) -> int:
@@ -720,6 +805,7 @@ class _Plan:
     pieces: list[str]
     fault: Fault | None
     usage: dict[str, object]
+    finish_reason: str
     model_version: str
     response_id: str
     delays: list[float]  # seconds before each piece; [0] is the time to first token
@@ -736,14 +822,38 @@ def _plan(rt: _Runtime, model: str, req: _GenerateRequest) -> _Plan:
         except ValueError as exc:
             raise GeminiError(400, f"emulator marker: {exc}") from None
     text, size = _answer_text(req, config)
-    pieces = _split(text, size)
+    thoughts = _thought_tokens(req.generation_config, config)
+    finish = "STOP"
+    limit = req.generation_config.get("maxOutputTokens")
+    if isinstance(limit, int) and thoughts + _estimate_tokens(len(text.encode())) > limit:
+        # Thinking spends the output budget first, as on gemini-2.5-flash.
+        text, finish = _fit_output(text, max(0, limit - thoughts)), "MAX_TOKENS"
+    pieces = _split(text, size) or [""]
     fault = config.fault
     if fault is not None and config.fault_rate < 1.0 and rt.rng.random() >= config.fault_rate:
         fault = None
     prompt_tokens = _estimate_tokens(req.prompt_bytes)
     answer_tokens = _estimate_tokens(len(text.encode()))
+    cached = _estimate_tokens(rt.cached_bytes(req))
+    if cached < max(1, config.cache_min_tokens):
+        cached = 0
+    rt.recent.append({"texts": list(req.texts), "generation_config": dict(req.generation_config)})
+    usage: dict[str, object] = {
+        "promptTokenCount": prompt_tokens,
+        "candidatesTokenCount": answer_tokens,
+        "totalTokenCount": prompt_tokens + answer_tokens + thoughts,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}],
+    }
+    if cached:
+        usage["cachedContentTokenCount"] = cached
+        usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cached}]
+    if thoughts:
+        usage["thoughtsTokenCount"] = thoughts
     rng = rt.rng
-    delays = [rng.uniform(config.ttft_ms_min, config.ttft_ms_max) / 1000]
+    delays = [
+        rng.uniform(config.ttft_ms_min, config.ttft_ms_max) / 1000
+        + thoughts * config.thinking_ms_per_token / 1000
+    ]
     delays += [
         rng.uniform(config.chunk_interval_ms_min, config.chunk_interval_ms_max) / 1000
         for _ in range(len(pieces))
@@ -752,12 +862,8 @@ def _plan(rt: _Runtime, model: str, req: _GenerateRequest) -> _Plan:
         config=config,
         pieces=pieces,
         fault=fault,
-        usage={
-            "promptTokenCount": prompt_tokens,
-            "candidatesTokenCount": answer_tokens,
-            "totalTokenCount": prompt_tokens + answer_tokens,
-            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}],
-        },
+        usage=usage,
+        finish_reason=finish,
         model_version=config.model_version or model.removeprefix("models/"),
         response_id=f"emu-{next(rt.response_ids):x}",
         delays=delays,
@@ -767,7 +873,7 @@ def _plan(rt: _Runtime, model: str, req: _GenerateRequest) -> _Plan:
 def _response_obj(plan: _Plan, text: str, *, last: bool) -> dict[str, object]:
     candidate: dict[str, object] = {"content": {"parts": [{"text": text}], "role": "model"}}
     if last:
-        candidate["finishReason"] = "STOP"
+        candidate["finishReason"] = plan.finish_reason
     candidate["index"] = 0
     obj: dict[str, object] = {"candidates": [candidate]}
     if last:
@@ -1029,9 +1135,16 @@ async def emulator_stats(request: Request) -> Response:
     return _json(_runtime(request).stats.snapshot())
 
 
+async def emulator_requests(request: Request) -> Response:
+    return _json(list(_runtime(request).recent))
+
+
 async def emulator_reset(request: Request) -> Response:
-    stats = _runtime(request).stats
+    rt = _runtime(request)
+    stats = rt.stats
     stats.reset()
+    rt.recent.clear()
+    rt.prefixes.clear()
     return _json(stats.snapshot())
 
 
@@ -1107,6 +1220,7 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> Starlette:
             name="emulator",
             routes=[
                 Route("/stats", emulator_stats, methods=["GET"], name="stats"),
+                Route("/requests", emulator_requests, methods=["GET"], name="requests"),
                 Route("/reset", emulator_reset, methods=["POST"], name="reset"),
                 Route("/config", emulator_config, methods=["GET", "POST"], name="config"),
             ],
@@ -1199,6 +1313,22 @@ def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-version", help="modelVersion to report (default: the URL's model)")
     parser.add_argument("--api-key", help="the only key accepted (default: any non-empty key)")
     parser.add_argument("--seed", type=int, help="seed for delays and fault_rate draws")
+    parser.add_argument(
+        "--thinking-ms-per-token",
+        type=float,
+        help=f"wait per thought token before the first chunk (default {d.thinking_ms_per_token:g})",
+    )
+    parser.add_argument(
+        "--dynamic-thinking-tokens",
+        type=int,
+        help="thought tokens when a request sets no budget or -1 "
+        f"(default {d.dynamic_thinking_tokens})",
+    )
+    parser.add_argument(
+        "--cache-min-tokens",
+        type=int,
+        help=f"shortest prefix reported as cached (default {d.cache_min_tokens})",
+    )
 
 
 def config_from_args(ns: argparse.Namespace) -> EmulatorConfig:
@@ -1218,6 +1348,9 @@ def config_from_args(ns: argparse.Namespace) -> EmulatorConfig:
             "model_version",
             "api_key",
             "seed",
+            "thinking_ms_per_token",
+            "dynamic_thinking_tokens",
+            "cache_min_tokens",
         )
         if (value := getattr(ns, key, None)) is not None
     }

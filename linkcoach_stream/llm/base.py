@@ -39,16 +39,37 @@ class ChatPrompt:
 
 @dataclass(slots=True)
 class Usage:
+    """Tokens as the provider bills them. `completion_tokens` is the visible answer;
+    `thought_tokens` (billed as output too) and `cached_tokens` (the part of the prompt
+    served from Gemini's implicit cache, billed at a discount) are reported apart.
+    `estimated` marks counts the server estimated because the stream ended before the
+    provider's final usage arrived."""
+
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    cached_tokens: int | None = None
+    thought_tokens: int | None = None
+    estimated: bool = False
 
     def as_dict(self) -> dict[str, int | None]:
-        return {
+        out: dict[str, int | None] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "cached_tokens": self.cached_tokens,
+            "thought_tokens": self.thought_tokens,
         }
+        if self.estimated:
+            out["estimated"] = True
+        return out
+
+    @property
+    def billed(self) -> int:
+        """What the daily budget counts: prompt, answer and thoughts."""
+        return (
+            (self.prompt_tokens or 0) + (self.completion_tokens or 0) + (self.thought_tokens or 0)
+        )
 
 
 @dataclass(slots=True)

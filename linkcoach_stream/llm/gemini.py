@@ -17,6 +17,15 @@ Deliberate decisions:
   over half of the server's CPU. The direct reader sends the same request over the same
   httpx clients and parses each event with orjson; `GEMINI_STREAM_TRANSPORT=sdk` goes
   through google-genai instead. Reports (unary JSON) always use the SDK.
+- Every request states its thinking budget (`GEMINI_THINKING_BUDGET` for chat, 0 by
+  default; `REPORT_THINKING_BUDGET` for reports, -1 = dynamic): left out, gemini-2.5-flash
+  thinks before its first visible token, which delays it by seconds and spends the
+  output budget. A positive budget is added to `maxOutputTokens`, so
+  `LLM_MAX_OUTPUT_TOKENS` stays the room for the visible answer.
+- The prompt is ordered stable part first (system instruction: persona, then the
+  leader's type; then the history) and per-turn parts last (the question and its
+  retrieved passages), so Gemini's implicit prefix cache can serve the shared start;
+  `cachedContentTokenCount` and `thoughtsTokenCount` are kept in the usage.
 """
 
 from __future__ import annotations
@@ -167,6 +176,8 @@ def _event_part(event: dict[str, Any]) -> _Part:
             prompt_tokens=meta.get("promptTokenCount"),
             completion_tokens=meta.get("candidatesTokenCount"),
             total_tokens=meta.get("totalTokenCount"),
+            cached_tokens=meta.get("cachedContentTokenCount"),
+            thought_tokens=meta.get("thoughtsTokenCount"),
         )
     return text, finish, usage
 
@@ -176,7 +187,21 @@ def _usage(meta: Any) -> Usage:
         prompt_tokens=getattr(meta, "prompt_token_count", None),
         completion_tokens=getattr(meta, "candidates_token_count", None),
         total_tokens=getattr(meta, "total_token_count", None),
+        cached_tokens=getattr(meta, "cached_content_token_count", None),
+        thought_tokens=getattr(meta, "thoughts_token_count", None),
     )
+
+
+def thinks(model: str) -> bool:
+    """Whether `model` takes a `thinkingConfig`: the 2.5 models and later do; 1.x and 2.0
+    models have no thinking and are sent none."""
+    name = model.removeprefix("models/")
+    return not name.startswith(("gemini-1.", "gemini-2.0", "gemini-pro"))
+
+
+def max_output_tokens(answer_tokens: int, thinking_budget: int) -> int:
+    """Thought tokens count against `maxOutputTokens`; room for both."""
+    return answer_tokens + max(0, thinking_budget)
 
 
 class GeminiProvider:
@@ -232,12 +257,27 @@ class GeminiProvider:
         return contents
 
     def _config(
-        self, system: str, *, max_tokens: int | None = None, **extra: Any
+        self,
+        system: str,
+        *,
+        max_tokens: int | None = None,
+        thinking_budget: int | None = None,
+        **extra: Any,
     ) -> types.GenerateContentConfig:
+        budget = thinking_budget
+        if budget is None:
+            budget = self.settings.gemini_thinking_budget
+        if not thinks(self.settings.gemini_model):
+            budget = 0
         return types.GenerateContentConfig(
             system_instruction=system,
             temperature=self.settings.llm_temperature,
-            max_output_tokens=max_tokens or self.settings.llm_max_output_tokens,
+            max_output_tokens=max_output_tokens(
+                max_tokens or self.settings.llm_max_output_tokens, budget
+            ),
+            thinking_config=types.ThinkingConfig(thinking_budget=budget)
+            if thinks(self.settings.gemini_model)
+            else None,
             **extra,
         )
 
@@ -252,16 +292,20 @@ class GeminiProvider:
         contents.append(
             {"role": "user", "parts": [{"text": user_message(prompt.question, prompt.passages)}]}
         )
+        budget = self.settings.gemini_thinking_budget if thinks(self.settings.gemini_model) else 0
+        generation: dict[str, Any] = {
+            "temperature": self.settings.llm_temperature,
+            "maxOutputTokens": max_output_tokens(self.settings.llm_max_output_tokens, budget),
+        }
+        if thinks(self.settings.gemini_model):
+            generation["thinkingConfig"] = {"thinkingBudget": budget}
         # Kept for retries while the answer streams: an exact-size copy, not orjson's
         # larger output buffer.
         body = orjson.dumps(
             {
                 "contents": contents,
                 "systemInstruction": {"parts": [{"text": prompt.system}]},
-                "generationConfig": {
-                    "temperature": self.settings.llm_temperature,
-                    "maxOutputTokens": self.settings.llm_max_output_tokens,
-                },
+                "generationConfig": generation,
             }
         )
         return bytes(memoryview(body))
@@ -350,6 +394,7 @@ class GeminiProvider:
             # A whole Korean report (and any thinking tokens) needs far more room than a
             # chat answer.
             max_tokens=self.settings.report_max_output_tokens,
+            thinking_budget=self.settings.report_thinking_budget,
             response_mime_type="application/json",
             response_json_schema=schema,
         )

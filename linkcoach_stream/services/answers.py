@@ -38,6 +38,7 @@ from ..llm.prompts import budget_history, system_instruction
 from ..metrics import Metrics
 from .auth import Principal
 from .chat import _HISTORY_ROWS, ChatService, TurnStarted, sources_of
+from .usage import check_budget
 
 RATEABLE = frozenset({"complete", "interrupted"})
 
@@ -104,6 +105,9 @@ async def regenerate(
         question = await answers.get_question(conn, message_id=target["reply_to"])
         current = await answers.current_reply(conn, reply_to=target["reply_to"])
     _refuse_if_streaming(current)
+    # A regeneration is billed like a turn, so it is refused like one once today's
+    # budget is spent.
+    await check_budget(chat.pool, chat.settings, chat.metrics, user_id=user.user_id)
 
     code = conversation["leadership_type"] or user.leadership_type
     passages: list[PassageLike] = []

@@ -29,14 +29,25 @@ import asyncpg
 from ..config import Settings
 from ..db.repositories import conversations as repo
 from ..db.repositories import reports as reports_repo
+from ..db.repositories import usage as usage_repo
 from ..errors import Conflict, NotFound, ValidationFailed
-from ..llm.base import ChatPrompt, LLMError, LLMProvider, PassageLike, StreamResult, Turn
+from ..llm.base import (
+    ChatPrompt,
+    LLMError,
+    LLMProvider,
+    PassageLike,
+    StreamResult,
+    Turn,
+    Usage,
+)
 from ..llm.prompts import budget_history, system_instruction
 from ..metrics import Metrics
 from .auth import Principal
 from .persist import PartialWriter
+from .pii import mask_turn
 from .ratelimit import RateLimiter
 from .streams import Job, ProducerLost, StreamEvent, StreamHub
+from .usage import billed_usage, check_budget
 
 _HISTORY_ROWS = 40
 # What a client is told when the provider fails. The provider's own text (which can quote
@@ -133,6 +144,9 @@ class ChatService:
     # -- starting a turn --------------------------------------------------------------
     async def start_turn(self, user: Principal, req: TurnRequest) -> TurnStarted:
         question = validate_question(req.question, max_chars=self.settings.max_question_chars)
+        if self.settings.pii_masking:
+            # Before anything is retrieved on, stored, logged or sent to the model.
+            question, req = mask_turn(question, req)
         if self.limiter is not None:
             await self.limiter.hit("turns", user.user_id)
         code = user.leadership_type
@@ -158,6 +172,7 @@ class ChatService:
                     )
                     code = report["leadership_code"]
 
+        await check_budget(self.pool, self.settings, self.metrics, user_id=user.user_id)
         passages: Sequence[PassageLike] = []
         if self.retriever is not None:
             passages = list(await self.retriever.search(question, leadership_type=code, k=4))
@@ -370,10 +385,15 @@ class ChatService:
             flush()
             content = "".join(parts)
             self.partials.forget(message_id)
-            usage = result.usage.as_dict()
-            for kind in ("prompt_tokens", "completion_tokens"):
+            billed = billed_usage(
+                result.usage, prompt=prompt, content=content, finished=status == "complete"
+            )
+            usage = billed.as_dict()
+            for kind in ("prompt_tokens", "completion_tokens", "cached_tokens", "thought_tokens"):
                 if usage.get(kind):
                     self.metrics.tokens.labels(provider, kind.split("_")[0]).inc(usage[kind] or 0)
+            if billed.estimated:
+                self.metrics.usage_estimated.labels(provider).inc()
             ttft_ms = int((first_at - t0) * 1000) if first_at is not None else None
             latency_ms = int((time.perf_counter() - t0) * 1000)
             # The final write must land even if this task is being cancelled again.
@@ -387,6 +407,7 @@ class ChatService:
                     usage=usage,
                     ttft_ms=ttft_ms,
                     latency_ms=latency_ms,
+                    billed=billed,
                 )
             )
             if status == "error":
@@ -411,11 +432,20 @@ class ChatService:
                     },
                 )
 
-    async def _finish(self, message_id: uuid.UUID, **fields: Any) -> None:
+    async def _finish(
+        self, message_id: uuid.UUID, *, billed: Usage | None = None, **fields: Any
+    ) -> None:
         for attempt in range(5):
             try:
-                async with self.pool.acquire() as conn:
+                async with self.pool.acquire() as conn, conn.transaction():
                     await repo.finish_message(conn, message_id=message_id, **fields)
+                    if billed is not None:
+                        await usage_repo.record_turn(
+                            conn,
+                            message_id=message_id,
+                            usage=billed,
+                            timezone=self.settings.usage_timezone,
+                        )
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 await asyncio.sleep(0.2 * 2**attempt)

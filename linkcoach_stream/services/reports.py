@@ -85,6 +85,7 @@ from redis.exceptions import RedisError
 
 from ..config import Settings
 from ..db.repositories import reports as repo
+from ..db.repositories import usage as usage_repo
 from ..domain.taxonomy import (
     BY_CODE,
     DIMENSION_DESCRIPTIONS,
@@ -98,11 +99,12 @@ from ..domain.taxonomy import (
     resolve_type,
 )
 from ..errors import RateLimited, ServiceUnavailable, ValidationFailed
-from ..llm.base import LLMError, LLMProvider, PassageLike
+from ..llm.base import LLMError, LLMProvider, PassageLike, Usage
 from ..llm.prompts import context_block, type_context
 from ..metrics import Metrics
 from ..ml.classifier import ITEM_IDS, LeadershipClassifier, scores_from_answers
 from .auth import Principal
+from .pii import mask_pii, mask_tree
 from .ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -805,6 +807,7 @@ class _Composed:
     provider: str
     model: str | None
     ttl: timedelta
+    usage: Usage = field(default_factory=Usage)
 
 
 def dumps(value: Any) -> bytes:
@@ -912,6 +915,10 @@ class ReportService:
     def resolve(
         self, user: Principal, *, leadership_type: str | None, assessment: object | None
     ) -> ReportInputs:
+        if self.settings.pii_masking:
+            # Inputs reach error messages (unknown keys) and logs; never a raw value.
+            leadership_type = None if leadership_type is None else mask_pii(leadership_type)
+            assessment = mask_tree(assessment)
         requested: LeadershipType | None = None
         if leadership_type is not None:
             requested = resolve_type(leadership_type)
@@ -1155,6 +1162,12 @@ class ReportService:
                     kb_version=self.kb_version,
                     ttl=composed.ttl,
                 )
+                await usage_repo.record_report(
+                    conn,
+                    user_id=inputs.user_id,
+                    usage=composed.usage,
+                    timezone=self.settings.usage_timezone,
+                )
         except _DB_DOWN as exc:
             raise ServiceUnavailable("report storage is unavailable") from exc
         data = report_body(row)
@@ -1285,7 +1298,8 @@ class ReportService:
         passages = await self._passages(leader, scores)
         prompt = self._prompt(leader, scores, compat, passages)
         system = f"{REPORT_SYSTEM}\n\n{type_context(leader.code)}"
-        text = await self._generate_json(system, prompt)
+        spent = Usage()
+        text = await self._generate_json(system, prompt, spent)
         try:
             generated = GeneratedReport.model_validate_json(text)
         except ValidationError as exc:
@@ -1297,7 +1311,7 @@ class ReportService:
                 f"{prompt}\n\n이전 응답이 스키마에 맞지 않았습니다({problems}). "
                 f"이전 응답:\n{text[:6000]}\n\n스키마에 맞는 JSON 객체 하나만 다시 출력하세요."
             )
-            text = await self._generate_json(system, repair)
+            text = await self._generate_json(system, repair, spent)
             try:
                 generated = GeneratedReport.model_validate_json(text)
             except ValidationError as again:
@@ -1326,16 +1340,23 @@ class ReportService:
             if src.get("path") not in seen:
                 seen.add(str(src.get("path")))
                 sources.append(src)
-        return _Composed(report, sources, self.provider.name, self.provider.model, ttl)
+        return _Composed(report, sources, self.provider.name, self.provider.model, ttl, spent)
 
-    async def _generate_json(self, system: str, prompt: str) -> str:
+    async def _generate_json(self, system: str, prompt: str, spent: Usage) -> str:
         text, usage = await self.provider.generate_json(
             system=system, prompt=prompt, schema=REPORT_SCHEMA
         )
         for kind, value in (
             ("prompt", usage.prompt_tokens),
             ("completion", usage.completion_tokens),
+            ("cached", usage.cached_tokens),
+            ("thought", usage.thought_tokens),
         ):
             if value:
                 self.metrics.tokens.labels(self.provider.name, kind).inc(value)
+        # What every call of this report (a repair included) was billed.
+        spent.prompt_tokens = (spent.prompt_tokens or 0) + (usage.prompt_tokens or 0)
+        spent.completion_tokens = (spent.completion_tokens or 0) + (usage.completion_tokens or 0)
+        spent.cached_tokens = (spent.cached_tokens or 0) + (usage.cached_tokens or 0)
+        spent.thought_tokens = (spent.thought_tokens or 0) + (usage.thought_tokens or 0)
         return text
