@@ -25,6 +25,10 @@ from ..errors import Conflict, NotFound, ValidationFailed
 from ..llm.base import ChatPrompt, LLMError, LLMProvider, PassageLike, StreamResult, Turn
 from ..llm.prompts import budget_history, system_instruction
 from ..metrics import Metrics
+from ..tracing import GenerationTrace, part, snapshot_ms
+from ..tracing import begin as begin_timings
+from ..tracing import current as current_timings
+from .admission import Admission
 from .auth import Principal
 from .persist import PartialWriter
 from .ratelimit import RateLimiter
@@ -108,8 +112,12 @@ class ChatService:
         partials: PartialWriter,
         metrics: Metrics,
         limiter: RateLimiter | None = None,
+        admission: Admission | None = None,
+        tracer: Any = None,
     ) -> None:
         self.limiter = limiter
+        self.admission = admission
+        self.tracer = tracer
         self.settings = settings
         self.pool = pool
         self.hub = hub
@@ -120,6 +128,28 @@ class ChatService:
 
     # -- starting a turn --------------------------------------------------------------
     async def start_turn(self, user: Principal, req: TurnRequest) -> TurnStarted:
+        """Admit the turn (or raise ServerBusy before any work), start it, and hand its
+        admission slot to the generation job, which gives it back when it ends."""
+        timings = current_timings()
+        if timings is None or timings.per_turn:
+            # A WebSocket turn: the socket outlives its turns, so each gets its own timings.
+            begin_timings(self.tracer, per_turn=True)
+        slot = self.admission.admit() if self.admission is not None else None
+        try:
+            started = await self._start_turn(user, req)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
+        if slot is not None:
+            job = None if started.replayed else self.hub.local_job(started.message_id)
+            if job is not None and job.task is not None:
+                slot.release_when_done(job.task)
+            else:
+                slot.release()
+        return started
+
+    async def _start_turn(self, user: Principal, req: TurnRequest) -> TurnStarted:
         question = validate_question(req.question, max_chars=self.settings.max_question_chars)
         if self.limiter is not None:
             await self.limiter.hit("turns", user.user_id)
@@ -148,7 +178,8 @@ class ChatService:
 
         passages: Sequence[PassageLike] = []
         if self.retriever is not None:
-            passages = list(await self.retriever.search(question, leadership_type=code, k=4))
+            with part("retrieval", {"linkcoach.leadership_type": code or ""}):
+                passages = list(await self.retriever.search(question, leadership_type=code, k=4))
         sources = sources_of(passages)
         message_id = uuid.uuid4()
         if self.limiter is not None:
@@ -283,8 +314,13 @@ class ChatService:
                 "sources": started.sources,
                 "provider": provider,
                 "model": self.provider.model,
+                "timings": snapshot_ms(),
             },
         )
+        trace = GenerationTrace(
+            provider=provider, model=self.provider.model, message_id=started.message_id
+        )
+        stall_s = 2 * self.settings.expected_chunk_gap_ms / 1000
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         first_at: float | None = None
@@ -317,8 +353,11 @@ class ChatService:
                     if first_at is None:
                         first_at = now
                         self.metrics.ttft_seconds.labels(provider).observe(now - t0)
+                        trace.first_chunk(now - t0)
                     else:
                         self.metrics.chunk_gap_seconds.labels(provider).observe(now - last_chunk_at)
+                        if now - last_chunk_at > stall_s:
+                            self.metrics.chunk_stalls.labels(provider).inc()
                     last_chunk_at = now
                     parts.append(chunk)
                     pending.append(chunk)
@@ -363,6 +402,9 @@ class ChatService:
                     self.metrics.tokens.labels(provider, kind.split("_")[0]).inc(usage[kind] or 0)
             ttft_ms = int((first_at - t0) * 1000) if first_at is not None else None
             latency_ms = int((time.perf_counter() - t0) * 1000)
+            trace.end(
+                finish_reason=finish_reason, usage=usage, chunks=len(parts), error_code=error_code
+            )
             # The final write must land even if this task is being cancelled again.
             await asyncio.shield(
                 self._finish(
@@ -399,6 +441,10 @@ class ChatService:
                 )
 
     async def _finish(self, message_id: uuid.UUID, **fields: Any) -> None:
+        with part("persistence", {"linkcoach.status": fields.get("status", "")}):
+            await self._finish_retrying(message_id, **fields)
+
+    async def _finish_retrying(self, message_id: uuid.UUID, **fields: Any) -> None:
         for attempt in range(5):
             try:
                 async with self.pool.acquire() as conn:
