@@ -40,7 +40,7 @@ What one run does:
    (raw stacks kept gzipped in results/profiles/).
 
 With `--overload CAPACITY` it runs only the overload check instead: one full server with
-`MAX_ACTIVE_STREAMS=CAPACITY`, first unloaded (CAPACITY/10 streams), then offered
+`MAX_ACTIVE_STREAMS=CAPACITY`, first unloaded (CAPACITY/10 streams), then CAPACITY, then
 2 x CAPACITY concurrent streams (`--turns` each, a refused client asking again at once),
 while `/ready` is polled every 100 ms. It prints offered load, admitted streams, 503s and
 how fast they came, TTFT p50/p99 of the admitted, failures among them and the share of
@@ -678,7 +678,12 @@ def overload_run(b: Bench, capacity: int) -> dict[str, Any]:
         token = mint(svc.url, f"bench-{svc.name}")
         b.warm(svc, token)
         time.sleep(1.0)
-        for phase, level in (("unloaded", max(5, capacity // 10)), ("overload", 2 * capacity)):
+        levels = (
+            ("unloaded", max(5, capacity // 10)),
+            ("at capacity", capacity),
+            ("overload", 2 * capacity),
+        )
+        for phase, level in levels:
             polls: list[int] = []
             stop = threading.Event()
 
@@ -696,7 +701,7 @@ def overload_run(b: Bench, capacity: int) -> dict[str, Any]:
                 concurrency=level,
                 turns=b.args.turns,
                 token=token,
-                tag=f"{svc.name}-{phase}-c{level}",
+                tag=f"{svc.name}-{phase.replace(' ', '-')}-c{level}",
             )
             proc.wait()
             stop.set()

@@ -3,9 +3,10 @@
 A turn takes a slot before any work is done for it (before the rate limit, retrieval or
 a database write) and the slot is handed to the generation job, which gives it back when
 it ends, however it ends. Past `MAX_ACTIVE_STREAMS` a new turn is refused at once with
-`503 server_busy` and a jittered `Retry-After`; `/ready` answers `503 overloaded` while
-the slots in use are at or above the high-water mark, so a load balancer sends new
-connections to another instance before this one has to refuse turns.
+`503 server_busy` and a jittered `Retry-After`; the HTTP routes check first of all, before
+authentication, so a refusal waits for no database connection. `/ready` answers
+`503 overloaded` while the slots in use are at or above the high-water mark, so a load
+balancer sends new connections to another instance before this one has to refuse turns.
 
 Decisions (measured in `benchmarks/RESULTS.md`, do not "fix"):
 - The limit counts generations, not connections: a stream that is being resumed or a
@@ -87,16 +88,26 @@ class Admission:
         # instead of returning together.
         return self.retry_after_s * (1.0 + self._rng.random())
 
+    def refuse_if_full(self) -> None:
+        """The same refusal as `admit`, taking no slot: HTTP routes call it before auth
+        and the body, so a refusal waits for no database connection or Redis round trip
+        (a full process is exactly when those queue)."""
+        if self.enabled and self.active >= self.max_active:
+            self._refuse()
+
     def admit(self) -> Slot:
         """A slot for one generation, or ServerBusy when every slot is taken."""
         if self.enabled and self.active >= self.max_active:
-            self.refused += 1
-            if self.metrics is not None:
-                self.metrics.admission_refused.inc()
-            raise ServerBusy(BUSY_MESSAGE, retry_after=self.retry_after())
+            self._refuse()
         self.active += 1
         self._publish()
         return Slot(self)
+
+    def _refuse(self) -> None:
+        self.refused += 1
+        if self.metrics is not None:
+            self.metrics.admission_refused.inc()
+        raise ServerBusy(BUSY_MESSAGE, retry_after=self.retry_after())
 
     def _release(self) -> None:
         self.active -= 1

@@ -100,6 +100,12 @@ async def test_turns_past_the_limit_get_a_fast_server_busy_with_jittered_retry_a
         jitter = {r.json()["error"]["retry_after"] for r, _ in refusals}
         assert len(jitter) > 1, "refused clients are told different times to come back"
 
+        # The refusal comes before any work, authentication included: a full process
+        # spends no database connection or Redis round trip on a turn it cannot take.
+        anonymous = await aclient.post(STREAM, json={"question": "토큰 없이"})
+        assert anonymous.status_code == 503
+        assert anonymous.json()["error"]["code"] == "server_busy"
+        assert "db" not in anonymous.headers["server-timing"]
         # Every way to start a turn is held to the same limit.
         query = await aclient.post(
             "/api/v1/coaching/query", json={"question": "바로 답"}, headers=user.headers
@@ -108,7 +114,7 @@ async def test_turns_past_the_limit_get_a_fast_server_busy_with_jittered_retry_a
         metrics = (await aclient.get("/metrics")).text
         assert "linkcoach_admitted_generations 3.0" in metrics
         refused = [m for m in metrics.splitlines() if m.startswith("linkcoach_admission_refused")]
-        assert refused and float(refused[0].rsplit(" ", 1)[1]) >= 9
+        assert refused and float(refused[0].rsplit(" ", 1)[1]) >= 10
     finally:
         for response, message_id in held:
             await cancel(aclient, user, message_id)

@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind
 
 from linkcoach_stream.app import create_app
 from linkcoach_stream.config import Settings
+from linkcoach_stream.tracing import open_tracer_provider
 from tests.conftest import free_port, gemini_settings, make_user, read_sse
 
 STREAM = "/api/v1/coaching/query/stream"
@@ -199,3 +200,11 @@ async def test_metrics_count_stalls_beyond_twice_the_expected_gap(traced: Traced
     assert fast < slow / 2
     assert counter(metrics, "linkcoach_time_to_first_chunk_seconds_count") >= 2
     assert counter(metrics, "linkcoach_inter_chunk_seconds_count") >= 14
+
+
+def test_tracing_is_off_unless_enabled() -> None:
+    assert open_tracer_provider(Settings()) is None
+    provider = open_tracer_provider(Settings(otel_enabled=True))
+    assert isinstance(provider, TracerProvider)
+    provider.shutdown()
+    assert Settings.from_env({"OTEL_ENABLED": "true"}).otel_enabled
