@@ -158,7 +158,7 @@ class Settings:
     rate_reports_per_hour: float = 20.0
     max_streams_per_user: int = 3
     # Admission and connection limits per process (`services/admission.py`, `server.py`).
-    max_active_streams: int = 200
+    max_active_streams: int = 150
     ready_high_water: float = 0.9
     busy_retry_after_s: float = 2.0
     max_connections: int = 2048

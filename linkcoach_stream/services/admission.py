@@ -11,12 +11,14 @@ balancer sends new connections to another instance before this one has to refuse
 Decisions (measured in `benchmarks/RESULTS.md`, do not "fix"):
 - The limit counts generations, not connections: a stream that is being resumed or a
   WebSocket waiting for its next question costs a few KB and no CPU; a generation costs
-  the provider read, persistence and the resume log for its whole length. One worker on
-  one core sustains ~130 turns/s at 12-chunk answers of ~1.8 s (the bare relay tops out at
-  125–136 turns/s), so about 230 answers in flight; past that every stream queues on the
-  CPU and first tokens slow down for everyone (TTFT p50 3.8 s at 500 streams against
-  0.7 s at 100). The default of 200 leaves room for the resumes, reports and health
-  checks the same core serves.
+  the provider read, persistence and the resume log for its whole length.
+- The default, 150, is one worker's measured capacity on two shared cores with the
+  benchmark's answers (12 chunks, ~1.8 s; `python benchmarks/streams.py --overload 150
+  --turns 2 --ramp-ms 10`): offered 300 streams, the 150 admitted kept TTFT p99 at 1.16x
+  the unloaded value (932 vs 806 ms) and the refusals came in 13 ms (p50). At 200 the
+  admitted still stayed within 2x (1.36-1.79x) but refusals took 63-103 ms (p50), the
+  event loop being busy with the admitted turns' starts. Longer answers cost less CPU per
+  second each, so a deployment with long answers can raise it.
 - Refusing is cheaper than queueing: a refused client retries elsewhere or later, while a
   queued one waits behind everyone and makes every admitted stream late too.
 - The count is per process and in memory: it must answer in microseconds, and a slot
