@@ -8,13 +8,13 @@ authentication, so a refusal waits for no database connection. `/ready` answers
 `503 overloaded` while the slots in use are at or above the high-water mark, so a load
 balancer sends new connections to another instance before this one has to refuse turns.
 
-Decisions (measured in `benchmarks/RESULTS.md`, do not "fix"):
+Decisions (do not "fix"):
 - The limit counts generations, not connections: a stream that is being resumed or a
   WebSocket waiting for its next question costs a few KB and no CPU; a generation costs
   the provider read, persistence and the resume log for its whole length.
 - The default, 150, is one worker's measured capacity on two shared cores with the
   benchmark's answers (12 chunks, ~1.8 s; `python benchmarks/streams.py --overload 150
-  --turns 2 --ramp-ms 10`): offered 300 streams, the 150 admitted kept TTFT p99 at 1.16x
+  --turns 2 --ramp-ms 10`): offered 300 streams, the admitted kept TTFT p99 at 1.16x
   the unloaded value (932 vs 806 ms) and the refusals came in 13 ms (p50). At 200 the
   admitted still stayed within 2x (1.36-1.79x) but refusals took 63-103 ms (p50), the
   event loop being busy with the admitted turns' starts. Longer answers cost less CPU per
