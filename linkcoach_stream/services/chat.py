@@ -131,9 +131,15 @@ class ChatService:
         """Admit the turn (or raise ServerBusy before any work), start it, and hand its
         admission slot to the generation job, which gives it back when it ends."""
         timings = current_timings()
-        if timings is None or timings.per_turn:
-            # A WebSocket turn: the socket outlives its turns, so each gets its own timings.
-            begin_timings(self.tracer, per_turn=True)
+        if timings is not None and not timings.per_turn:
+            return await self._admit_and_start(user, req)
+        # A WebSocket turn: the socket outlives its turns, so each gets its own timings and
+        # its own `turn` span (the request's span, for HTTP).
+        begin_timings(self.tracer, per_turn=True)
+        with part("turn"):
+            return await self._admit_and_start(user, req)
+
+    async def _admit_and_start(self, user: Principal, req: TurnRequest) -> TurnStarted:
         slot = self.admission.admit() if self.admission is not None else None
         try:
             started = await self._start_turn(user, req)

@@ -208,3 +208,38 @@ def test_tracing_is_off_unless_enabled() -> None:
     assert isinstance(provider, TracerProvider)
     provider.shutdown()
     assert Settings.from_env({"OTEL_ENABLED": "true"}).otel_enabled
+
+
+async def test_a_websocket_turn_has_its_own_timings_and_trace(traced: Traced) -> None:
+    import json
+
+    from websockets.asyncio.client import connect
+
+    async with httpx.AsyncClient(base_url=traced.url, timeout=30) as client:
+        user = await make_user(client)
+    url = traced.url.replace("http", "ws") + "/api/v1/coaching/ws"
+    metas = []
+    traces = set()
+    async with connect(url, subprotocols=["bearer", user.token]) as ws:  # type: ignore[list-item]
+        for question in ("첫 질문 [[emulator:chunks=3]]", "둘째 질문 [[emulator:chunks=3]]"):
+            traced.exporter.clear()
+            await ws.send(json.dumps({"type": "question", "question": question}))
+            while True:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if frame["type"] == "meta":
+                    metas.append(frame)
+                if frame["type"] in ("done", "error"):
+                    break
+            assert frame["type"] == "done"
+            await asyncio.sleep(0.1)  # the persistence span ends after `done` is sent
+            spans = traced.exporter.get_finished_spans()
+            turn = next(s for s in spans if s.name == "turn")
+            chat = next(s for s in spans if s.name.startswith("chat "))
+            retrieval = next(s for s in spans if s.name == "retrieval")
+            assert chat.parent is not None and chat.parent.span_id == turn.context.span_id
+            assert retrieval.context.trace_id == turn.context.trace_id
+            traces.add(turn.context.trace_id)
+    assert len(metas) == 2
+    assert len(traces) == 2, "each turn on the socket is its own trace"
+    for meta in metas:
+        assert {"ratelimit", "retrieval", "db"} <= set(meta["timings"])
