@@ -60,6 +60,9 @@ LIMITS_OFF = {
     "RATE_LIMIT_AUTH_FAILURES_PER_MIN": "0",
     "RATE_LIMIT_REPORTS_PER_HOUR": "0",
     "MAX_STREAMS_PER_USER": "0",
+    # Throughput runs measure queueing past capacity too; `--overload` sets its own limit.
+    "MAX_ACTIVE_STREAMS": "0",
+    "MAX_CONNECTIONS": "0",
 }
 
 

@@ -7,6 +7,7 @@
     python benchmarks/streams.py --profile                        # + py-spy at 1000 streams
     python benchmarks/streams.py --server-env OMP_NUM_THREADS=1   # extra server env
     python benchmarks/streams.py --report-only                    # re-render RESULTS.md
+    python benchmarks/streams.py --overload 100                   # admission control
     DATABASE_URL=... REDIS_URL=... python benchmarks/streams.py   # real Postgres/Redis
 
 What one run does:
@@ -38,6 +39,14 @@ What one run does:
    samples per subsystem, full vs baseline, and the full server's hot spots by file:line
    (raw stacks kept gzipped in results/profiles/).
 
+With `--overload CAPACITY` it runs only the overload check instead: one full server with
+`MAX_ACTIVE_STREAMS=CAPACITY`, first unloaded (CAPACITY/10 streams), then CAPACITY, then
+2 x CAPACITY concurrent streams (`--turns` each, a refused client asking again at once),
+while `/ready` is polled every 100 ms. It prints offered load, admitted streams, 503s and
+how fast they came, TTFT p50/p99 of the admitted, failures among them and the share of
+`/ready` polls that answered `overloaded`, and writes the figures to the run directory
+(not to RESULTS.md).
+
 Writes benchmarks/results/streams.json for the default configuration, else
 streams-<variant>.json (`-quick`, `-no-retrieval`, `-omp-num-threads-1`, or
 `--variant NAME`), and renders benchmarks/RESULTS.md from every result file present
@@ -62,6 +71,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -657,6 +667,94 @@ def scale_out(b: Bench, level: int) -> dict[str, Any]:
                 with contextlib.suppress(Exception):
                     asyncio.run(h.delete_prefix(backing.redis_url, prefix))
     return result
+
+
+def overload_run(b: Bench, capacity: int) -> dict[str, Any]:
+    """Unloaded, then 2 x capacity offered to a server admitting `capacity` at once."""
+    b.args.server_env_map = {**b.args.server_env_map, "MAX_ACTIVE_STREAMS": str(capacity)}
+    svc = b.start_full()
+    phases: dict[str, Any] = {}
+    try:
+        token = mint(svc.url, f"bench-{svc.name}")
+        b.warm(svc, token)
+        time.sleep(1.0)
+        levels = (
+            ("unloaded", max(5, capacity // 10)),
+            ("at capacity", capacity),
+            ("overload", 2 * capacity),
+        )
+        for phase, level in levels:
+            polls: list[int] = []
+            stop = threading.Event()
+
+            def poll_ready(polls: list[int] = polls, stop: threading.Event = stop) -> None:
+                with httpx.Client(base_url=svc.url, timeout=5) as client:
+                    while not stop.is_set():
+                        with contextlib.suppress(httpx.HTTPError):
+                            polls.append(client.get("/ready").status_code)
+                        stop.wait(0.1)
+
+            poller = threading.Thread(target=poll_ready, daemon=True)
+            poller.start()
+            proc, out = b.loadtest(
+                [svc.url],
+                concurrency=level,
+                turns=b.args.turns,
+                token=token,
+                tag=f"{svc.name}-{phase.replace(' ', '-')}-c{level}",
+            )
+            proc.wait()
+            stop.set()
+            poller.join()
+            load = json.loads(out.read_text())
+            refused = load["failed_by_reason"].get("http_503", 0)
+            phases[phase] = {
+                "concurrency": level,
+                "offered_turns": level * b.args.turns,
+                "admitted_ok": load["turns_ok"],
+                "refused_503": refused,
+                "admitted_failed": load["turns_failed"] - refused,
+                "failed_by_reason": load["failed_by_reason"],
+                "ttft_ms": load["ttft_ms"],
+                "refused_ms": load.get("refused_ms"),
+                "ready_polls": len(polls),
+                "ready_overloaded_share": (
+                    round(sum(1 for p in polls if p == 503) / len(polls), 3) if polls else None
+                ),
+                "wall_s": load["wall_s"],
+            }
+            h.log(f"  overload {phase}: {phases[phase]}")
+    finally:
+        b.stop(svc)
+    unloaded_p99 = phases["unloaded"]["ttft_ms"]["p99"]
+    loaded_p99 = phases["overload"]["ttft_ms"]["p99"]
+    return {
+        "capacity": capacity,
+        "phases": phases,
+        "ttft_p99_ratio": round(loaded_p99 / unloaded_p99, 2)
+        if unloaded_p99 and loaded_p99
+        else None,
+    }
+
+
+def overload_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"MAX_ACTIVE_STREAMS={result['capacity']}",
+        "| phase | concurrent | offered turns | admitted ok | admitted failed | 503s "
+        "| 503 p50 / p99 (ms) | TTFT p50 / p99 admitted (ms) | /ready overloaded |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for phase, p in result["phases"].items():
+        refused = p["refused_ms"] or {}
+        lines.append(
+            f"| {phase} | {p['concurrency']} | {p['offered_turns']} | {p['admitted_ok']} "
+            f"| {p['admitted_failed']} | {p['refused_503']} "
+            f"| {_fmt(refused.get('p50'))} / {_fmt(refused.get('p99'))} "
+            f"| {_fmt(p['ttft_ms']['p50'])} / {_fmt(p['ttft_ms']['p99'])} "
+            f"| {_fmt(p['ready_overloaded_share'])} |"
+        )
+    lines.append(f"TTFT p99 overload / unloaded: {result['ttft_p99_ratio']}")
+    return "\n".join(lines) + "\n"
 
 
 def profile_run(b: Bench, kind: str, level: int = 1000, seconds: int = 15) -> dict[str, Any]:
@@ -1302,6 +1400,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the full server at 1000")
     parser.add_argument("--profile-only", action="store_true")
     parser.add_argument(
+        "--overload",
+        type=int,
+        metavar="CAPACITY",
+        help="only the admission-control check, with MAX_ACTIVE_STREAMS=CAPACITY",
+    )
+    parser.add_argument(
         "--server-env",
         action="append",
         default=[],
@@ -1327,6 +1431,8 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = h.raise_nofile()
     b = Bench(args)
     b.variant = variant
+    if args.overload:
+        return overload_main(b)
     h.log(f"run dir {b.run_dir}; open files {soft}/{hard}; load {h.loadavg()}")
     started = time.monotonic()
     command = "python benchmarks/streams.py " + shlex.join(
@@ -1406,6 +1512,24 @@ def main(argv: list[str] | None = None) -> int:
     text = write_report()
     sys.stdout.write(text)
     h.log(f"done in {result['took_min']} min; logs in {b.log_dir}")
+    return 0
+
+
+def overload_main(b: Bench) -> int:
+    try:
+        if b.args.retrieval:
+            b.chroma = h.chroma_cache(b.log_dir)
+        b.start_emulator()
+        result = overload_run(b, b.args.overload)
+    finally:
+        if b.emulator is not None:
+            b.emulator.stop()
+    result["command"] = "python benchmarks/streams.py " + shlex.join(sys.argv[1:])
+    (b.run_dir / "overload.json").write_text(
+        json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
+    sys.stdout.write(overload_table(result))
+    h.log(f"figures in {b.run_dir / 'overload.json'}")
     return 0
 
 

@@ -35,6 +35,7 @@ from .api import (
 )
 from .api.common import JSON
 from .api.middleware import RequestContextMiddleware
+from .api.timing import ServerTimingMiddleware
 from .config import Settings
 from .db.migrate import apply_migrations
 from .db.pool import create_pool
@@ -45,6 +46,7 @@ from .errors import AppError
 from .llm.base import LLMProvider
 from .llm.offline import OfflineProvider
 from .metrics import Metrics
+from .services.admission import Admission
 from .services.apilog import ApiLogWriter
 from .services.auth import TokenService
 from .services.chat import ChatService
@@ -53,6 +55,7 @@ from .services.ratelimit import Limit, RateLimiter
 from .services.recovery import StreamSweeper
 from .services.reports import ReportService, load_classifier
 from .services.streams import StreamHub
+from .tracing import open_tracer_provider
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +99,21 @@ async def unhandled_error(request: Request, exc: Exception) -> Response:
 
 
 @contextlib.asynccontextmanager
-async def open_resources(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    """Open every backing service; used by the app lifespan and by the CLI."""
+async def open_resources(
+    settings: Settings, *, tracer_provider: Any = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Open every backing service; used by the app lifespan and by the CLI.
+
+    `tracer_provider` is an OpenTelemetry tracer provider (tests pass one with an
+    in-memory exporter); without one, `OTEL_ENABLED` decides (`tracing.py`)."""
     async with contextlib.AsyncExitStack() as stack:
+        if tracer_provider is None:
+            tracer_provider = open_tracer_provider(settings)
+            if tracer_provider is not None:
+                stack.callback(tracer_provider.shutdown)
+        tracer = (
+            tracer_provider.get_tracer("linkcoach_stream") if tracer_provider is not None else None
+        )
         dsn = settings.database_url
         embedded_pg = dsn is None
         if dsn is None:
@@ -139,6 +154,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[dict[str, Any]]:
         stack.push_async_callback(apilog.stop)
 
         metrics = Metrics()
+        admission = Admission(
+            max_active=settings.max_active_streams,
+            high_water=settings.ready_high_water,
+            retry_after_s=settings.busy_retry_after_s,
+            metrics=metrics,
+        )
         provider = open_provider(settings)
         stack.push_async_callback(provider.aclose)
         retriever = await open_retrieval(settings)
@@ -177,6 +198,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[dict[str, Any]]:
             partials=partials,
             metrics=metrics,
             limiter=limiter,
+            admission=admission,
+            tracer=tracer,
         )
         report_service = ReportService(
             settings=settings,
@@ -202,6 +225,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[dict[str, Any]]:
             "chat": chat,
             "limiter": limiter,
             "reports": report_service,
+            "admission": admission,
+            "tracer": tracer,
         }
 
 
@@ -258,13 +283,13 @@ async def open_retrieval(settings: Settings) -> Any:
     )
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, tracer_provider: Any = None) -> Starlette:
     settings = (settings or Settings.from_env()).validate()
     init_sentry()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with open_resources(settings) as state:
+        async with open_resources(settings, tracer_provider=tracer_provider) as state:
             log.info(
                 "ready",
                 extra={"provider": settings.provider_name, "env": settings.app_env},
@@ -282,6 +307,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     middleware = [
         Middleware(RequestContextMiddleware),
+        Middleware(ServerTimingMiddleware),
         Middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),

@@ -24,6 +24,8 @@ def _out(text: str) -> None:
 
 def serve_options(settings: Settings, *, workers: int = 1) -> dict[str, Any]:
     """Keyword arguments of `uvicorn.run` for `linkcoach serve` (tested directly)."""
+    from .server import connection_options
+
     trusted = ",".join(settings.forwarded_allow_ips)
     return {
         "factory": True,
@@ -31,7 +33,8 @@ def serve_options(settings: Settings, *, workers: int = 1) -> dict[str, Any]:
         "port": settings.port,
         "workers": workers,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools with header/body read timeouts, the connection cap, keep-alive.
+        **connection_options(settings),
         "ws": "websockets-sansio",
         # Small frames and no compression keep a held-open socket at a few KiB.
         "ws_max_size": 64 * 1024,

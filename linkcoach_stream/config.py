@@ -171,6 +171,17 @@ class Settings:
     # Uncached report generations (LLM calls) per user; cached reports are not counted.
     rate_reports_per_hour: float = 20.0
     max_streams_per_user: int = 3
+    # Admission and connection limits per process (`services/admission.py`, `server.py`).
+    max_active_streams: int = 150
+    ready_high_water: float = 0.9
+    busy_retry_after_s: float = 2.0
+    max_connections: int = 2048
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    keep_alive_timeout_s: float = 5.0
+    # A gap between provider chunks longer than twice this is counted as a stall.
+    expected_chunk_gap_ms: float = 250.0
+    otel_enabled: bool = False
     retrieval_enabled: bool = True
     rag_embed_cpu_share: float = 0.5
     rag_embed_max_loop_lag_ms: float = 25.0
@@ -221,6 +232,15 @@ class Settings:
             raise ConfigError("STREAM_LEASE_TTL must be at least 1 second")
         if self.stream_sweep_interval_s < 0:
             raise ConfigError("STREAM_SWEEP_INTERVAL must not be negative (0 switches it off)")
+        if not 0.0 < self.ready_high_water <= 1.0:
+            raise ConfigError("READY_HIGH_WATER must be above 0 and at most 1")
+        for name, value in (
+            ("HEADER_TIMEOUT", self.header_timeout_s),
+            ("BODY_TIMEOUT", self.body_timeout_s),
+            ("KEEP_ALIVE_TIMEOUT", self.keep_alive_timeout_s),
+        ):
+            if value <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds")
         if self.gemini_stream_transport not in {"direct", "sdk"}:
             raise ConfigError("GEMINI_STREAM_TRANSPORT must be 'direct' or 'sdk'")
         for name in ("gemini_thinking_budget", "report_thinking_budget"):
@@ -365,6 +385,15 @@ class Settings:
             ),
             rate_reports_per_hour=num("RATE_LIMIT_REPORTS_PER_HOUR", d.rate_reports_per_hour),
             max_streams_per_user=int(num("MAX_STREAMS_PER_USER", d.max_streams_per_user)),
+            max_active_streams=int(num("MAX_ACTIVE_STREAMS", d.max_active_streams)),
+            ready_high_water=num("READY_HIGH_WATER", d.ready_high_water),
+            busy_retry_after_s=num("BUSY_RETRY_AFTER", d.busy_retry_after_s),
+            max_connections=int(num("MAX_CONNECTIONS", d.max_connections)),
+            header_timeout_s=num("HEADER_TIMEOUT", d.header_timeout_s),
+            body_timeout_s=num("BODY_TIMEOUT", d.body_timeout_s),
+            keep_alive_timeout_s=num("KEEP_ALIVE_TIMEOUT", d.keep_alive_timeout_s),
+            expected_chunk_gap_ms=num("EXPECTED_CHUNK_GAP_MS", d.expected_chunk_gap_ms),
+            otel_enabled=_bool(get("OTEL_ENABLED", "false") or "false"),
             retrieval_enabled=_bool(get("RETRIEVAL_ENABLED", "true") or "true"),
             rag_embed_cpu_share=num("RAG_EMBED_CPU_SHARE", d.rag_embed_cpu_share),
             rag_embed_max_loop_lag_ms=num("RAG_EMBED_MAX_LOOP_LAG_MS", d.rag_embed_max_loop_lag_ms),

@@ -95,6 +95,19 @@ class ServiceUnavailable(AppError):
     ws_close = 1013
 
 
+class ServerBusy(ServiceUnavailable):
+    """This process is generating as many answers as it can: try again, here or on
+    another instance. The caller picks `retry_after` with jitter so refused clients do
+    not all come back in the same second."""
+
+    code = "server_busy"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, retry_after=round(retry_after, 3))
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))}
+
+
 class UpstreamError(AppError):
     status = 502
     code = "llm_error"

@@ -44,6 +44,8 @@ class TurnResult:
     message_id: str | None = None
     started: float = 0.0
     last: float | None = None
+    # Seconds until a refusal (a non-200 status) arrived.
+    refused_after: float | None = None
 
     def observe(self, kind: str, data: dict[str, Any]) -> bool:
         """Record one event of the turn; True when it ends the turn."""
@@ -76,6 +78,7 @@ class Stats:
     chunks: int = 0
     active: int = 0
     server_errors: int = 0
+    refusals: list[float] = field(default_factory=list)
 
     def add(self, r: TurnResult) -> None:
         if r.ok:
@@ -86,6 +89,8 @@ class Stats:
                 self.server_errors += 1
         if r.ttft is not None:
             self.ttfts.append(r.ttft)
+        if r.refused_after is not None:
+            self.refusals.append(r.refused_after)
         self.gaps.extend(r.gaps)
         self.chunks += r.chunks
 
@@ -159,7 +164,11 @@ async def sse_turn(url: str, token: str, body: dict[str, Any], timeout: float) -
                     ):
                         chunked = True
                 if status != 200:
-                    return TurnResult(ok=False, reason=f"http_{status}")
+                    return TurnResult(
+                        ok=False,
+                        reason=f"http_{status}",
+                        refused_after=time.perf_counter() - result.started,
+                    )
                 parser = SSEParser()
                 while True:
                     if chunked:
@@ -252,6 +261,7 @@ def summary(stats: Stats, args: argparse.Namespace, wall: float) -> dict[str, An
         "server_errors": stats.server_errors,
         "ttft_ms": {f"p{q}": _ms(percentile(stats.ttfts, q)) for q in (50, 90, 99)},
         "gap_ms": {f"p{q}": _ms(percentile(stats.gaps, q)) for q in (50, 99)},
+        "refused_ms": {f"p{q}": _ms(percentile(stats.refusals, q)) for q in (50, 99, 100)},
         "chunks": stats.chunks,
         "chunks_per_s": round(stats.chunks / wall, 1) if wall else None,
         "turns_per_s": round(stats.ok / wall, 2) if wall else None,

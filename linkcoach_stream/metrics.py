@@ -45,6 +45,22 @@ class Metrics:
             buckets=_GAP_BUCKETS,
             registry=r,
         )
+        self.chunk_stalls = Counter(
+            "linkcoach_chunk_stalls_total",
+            "Gaps between provider chunks longer than twice EXPECTED_CHUNK_GAP_MS",
+            ["provider"],
+            registry=r,
+        )
+        self.admitted_generations = Gauge(
+            "linkcoach_admitted_generations",
+            "Turns holding an admission slot (MAX_ACTIVE_STREAMS), from start to end",
+            registry=r,
+        )
+        self.admission_refused = Counter(
+            "linkcoach_admission_refused_total",
+            "Turns refused with 503 server_busy because every slot was taken",
+            registry=r,
+        )
         self.llm_errors = Counter(
             "linkcoach_llm_errors_total", "LLM failures by kind", ["provider", "kind"], registry=r
         )

@@ -53,6 +53,13 @@ class LegacyChatRequest(BaseModel):
     )
 
 
+def _refuse_if_busy(request: Request) -> None:
+    """Refuse a new turn before any work when this process is full (`admission.py`)."""
+    admission = getattr(request.state, "admission", None)
+    if admission is not None:
+        admission.refuse_if_full()
+
+
 def _chat(request: Request) -> ChatService:
     chat: ChatService = request.state.chat
     return chat
@@ -142,6 +149,7 @@ async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSou
 
 
 async def query_stream(request: Request) -> EventSourceResponse:
+    _refuse_if_busy(request)
     user = await require_user(request)
     body = await read_model(request, QueryRequest)
     chat = _chat(request)
@@ -201,6 +209,7 @@ def turn_result(text: str, events: list[StreamEvent]) -> tuple[dict[str, Any], i
 
 
 async def query(request: Request) -> JSON:
+    _refuse_if_busy(request)
     user = await require_user(request)
     body = await read_model(request, QueryRequest)
     chat = _chat(request)
@@ -213,6 +222,7 @@ async def query(request: Request) -> JSON:
 async def legacy_chat(request: Request) -> JSON:
     """One turn for the product's widget: the answer in one JSON body, stored in the
     conversation the history continues (a new one when it continues none)."""
+    _refuse_if_busy(request)
     user = await require_user(request)
     settings = request.state.settings
     body = await read_model(request, LegacyChatRequest, limit=settings.chat_max_body_bytes)

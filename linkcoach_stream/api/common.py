@@ -15,6 +15,7 @@ from starlette.responses import Response
 from ..db.repositories import users
 from ..errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized, ValidationFailed
 from ..services.auth import Principal
+from ..tracing import part
 
 M = TypeVar("M", bound=BaseModel)
 _BEARER = re.compile(r"^Bearer\s+(\S+)\s*$", re.IGNORECASE)
@@ -104,6 +105,11 @@ def client_ip(conn: HTTPConnection) -> str:
 
 
 async def authenticate_token(conn: HTTPConnection, token: str) -> Principal:
+    with part("auth"):
+        return await _authenticate(conn, token)
+
+
+async def _authenticate(conn: HTTPConnection, token: str) -> Principal:
     limiter = getattr(conn.state, "limiter", None)
     try:
         principal: Principal = conn.state.tokens.verify_access(token)

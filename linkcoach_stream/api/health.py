@@ -26,6 +26,23 @@ async def _check(name: str, probe: Any, timeout: float = 2.0) -> tuple[str, str 
 
 async def ready(request: Request) -> JSON:
     state = request.state
+    admission = getattr(state, "admission", None)
+    if admission is not None and admission.overloaded:
+        # Answered before the probes: a load balancer polls this most when we are busiest.
+        return JSON(
+            {
+                "status": "overloaded",
+                "error": {
+                    "code": "overloaded",
+                    "message": "this instance is near its limit of answers at once",
+                    "active": admission.active,
+                    "high_water": admission.high_water_mark,
+                    "max_active": admission.max_active,
+                },
+            },
+            status_code=503,
+            headers={"Retry-After": str(max(1, round(admission.retry_after())))},
+        )
 
     async def pg() -> None:
         async with state.db.acquire(timeout=2) as conn:

@@ -86,7 +86,19 @@ async def regenerate(
     client_message_id: str | None = None,
 ) -> TurnStarted:
     """Start a new version of the answer `message_id` (or replay the one this
-    `client_message_id` already started)."""
+    `client_message_id` already started), under an admission slot like a turn."""
+    return await chat.admitted(
+        lambda: _regenerate(chat, user, message_id, client_message_id=client_message_id)
+    )
+
+
+async def _regenerate(
+    chat: ChatService,
+    user: Principal,
+    message_id: uuid.UUID,
+    *,
+    client_message_id: str | None = None,
+) -> TurnStarted:
     if chat.limiter is not None:
         await chat.limiter.hit("turns", user.user_id)
     async with chat.pool.acquire() as conn:

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +42,10 @@ from ..llm.base import (
 )
 from ..llm.prompts import budget_history, system_instruction
 from ..metrics import Metrics
+from ..tracing import GenerationTrace, part, snapshot_ms
+from ..tracing import begin as begin_timings
+from ..tracing import current as current_timings
+from .admission import Admission
 from .auth import Principal
 from .persist import PartialWriter
 from .pii import mask_turn
@@ -131,8 +135,12 @@ class ChatService:
         partials: PartialWriter,
         metrics: Metrics,
         limiter: RateLimiter | None = None,
+        admission: Admission | None = None,
+        tracer: Any = None,
     ) -> None:
         self.limiter = limiter
+        self.admission = admission
+        self.tracer = tracer
         self.settings = settings
         self.pool = pool
         self.hub = hub
@@ -143,6 +151,39 @@ class ChatService:
 
     # -- starting a turn --------------------------------------------------------------
     async def start_turn(self, user: Principal, req: TurnRequest) -> TurnStarted:
+        """Admit the turn (or raise ServerBusy before any work), start it, and hand its
+        admission slot to the generation job, which gives it back when it ends."""
+        timings = current_timings()
+        if timings is not None and not timings.per_turn:
+            return await self._admit_and_start(user, req)
+        # A WebSocket turn: the socket outlives its turns, so each gets its own timings and
+        # its own `turn` span (the request's span, for HTTP).
+        begin_timings(self.tracer, per_turn=True)
+        with part("turn"):
+            return await self._admit_and_start(user, req)
+
+    async def _admit_and_start(self, user: Principal, req: TurnRequest) -> TurnStarted:
+        return await self.admitted(lambda: self._start_turn(user, req))
+
+    async def admitted(self, start: Callable[[], Awaitable[TurnStarted]]) -> TurnStarted:
+        """Run `start` under an admission slot (ServerBusy when this process is full) and
+        hand the slot to the generation job it started: turns and regenerations alike."""
+        slot = self.admission.admit() if self.admission is not None else None
+        try:
+            started = await start()
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
+        if slot is not None:
+            job = None if started.replayed else self.hub.local_job(started.message_id)
+            if job is not None and job.task is not None:
+                slot.release_when_done(job.task)
+            else:
+                slot.release()
+        return started
+
+    async def _start_turn(self, user: Principal, req: TurnRequest) -> TurnStarted:
         question = validate_question(req.question, max_chars=self.settings.max_question_chars)
         if self.settings.pii_masking:
             # Before anything is retrieved on, stored, logged or sent to the model.
@@ -175,7 +216,8 @@ class ChatService:
         await check_budget(self.pool, self.settings, self.metrics, user_id=user.user_id)
         passages: Sequence[PassageLike] = []
         if self.retriever is not None:
-            passages = list(await self.retriever.search(question, leadership_type=code, k=4))
+            with part("retrieval", {"linkcoach.leadership_type": code or ""}):
+                passages = list(await self.retriever.search(question, leadership_type=code, k=4))
         sources = sources_of(passages)
         message_id = uuid.uuid4()
         if self.limiter is not None:
@@ -311,8 +353,13 @@ class ChatService:
                 "provider": provider,
                 "model": self.provider.model,
                 **started.meta,
+                "timings": snapshot_ms(),
             },
         )
+        trace = GenerationTrace(
+            provider=provider, model=self.provider.model, message_id=started.message_id
+        )
+        stall_s = 2 * self.settings.expected_chunk_gap_ms / 1000
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         first_at: float | None = None
@@ -345,8 +392,11 @@ class ChatService:
                     if first_at is None:
                         first_at = now
                         self.metrics.ttft_seconds.labels(provider).observe(now - t0)
+                        trace.first_chunk(now - t0)
                     else:
                         self.metrics.chunk_gap_seconds.labels(provider).observe(now - last_chunk_at)
+                        if now - last_chunk_at > stall_s:
+                            self.metrics.chunk_stalls.labels(provider).inc()
                     last_chunk_at = now
                     parts.append(chunk)
                     pending.append(chunk)
@@ -396,6 +446,9 @@ class ChatService:
                 self.metrics.usage_estimated.labels(provider).inc()
             ttft_ms = int((first_at - t0) * 1000) if first_at is not None else None
             latency_ms = int((time.perf_counter() - t0) * 1000)
+            trace.end(
+                finish_reason=finish_reason, usage=usage, chunks=len(parts), error_code=error_code
+            )
             # The final write must land even if this task is being cancelled again.
             await asyncio.shield(
                 self._finish(
@@ -433,6 +486,12 @@ class ChatService:
                 )
 
     async def _finish(
+        self, message_id: uuid.UUID, *, billed: Usage | None = None, **fields: Any
+    ) -> None:
+        with part("persistence", {"linkcoach.status": fields.get("status", "")}):
+            await self._finish_retrying(message_id, billed=billed, **fields)
+
+    async def _finish_retrying(
         self, message_id: uuid.UUID, *, billed: Usage | None = None, **fields: Any
     ) -> None:
         for attempt in range(5):

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..errors import RateLimited
+from ..tracing import part
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ class RateLimiter:
         key = f"{self.prefix}rl:{scope}:{ident}"
         now = time.time()
         try:
-            allowed, wait = await self._bucket(keys=[key], args=[limit.rate, limit.burst, now])
+            with part("ratelimit", span=False):
+                allowed, wait = await self._bucket(keys=[key], args=[limit.rate, limit.burst, now])
             ok, retry = bool(int(allowed)), float(wait)
         except (RedisError, OSError):
             self._degraded()
@@ -142,13 +144,11 @@ class RateLimiter:
         key = f"{self.prefix}slots:{user_id}"
         now = time.time()
         try:
-            ok = bool(
-                int(
-                    await self._slot(
-                        keys=[key], args=[now, self.lease_s, self.max_streams, message_id]
-                    )
+            with part("ratelimit", span=False):
+                taken = await self._slot(
+                    keys=[key], args=[now, self.lease_s, self.max_streams, message_id]
                 )
-            )
+            ok = bool(int(taken))
         except (RedisError, OSError):
             self._degraded()
             slots = self._local_slots.setdefault(key, {})

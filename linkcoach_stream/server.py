@@ -1,0 +1,113 @@
+"""Connection limits of `linkcoach serve`: how many connections a process holds and how
+long a client may take to send its request.
+
+uvicorn caps connections (`limit_concurrency`: past it a request gets a plain 503 and the
+connection is closed) and closes idle keep-alive connections (`timeout_keep_alive`), but
+it waits forever for a request's headers and body: a client that connects and sends
+nothing, or one header byte every few seconds (slowloris), holds a connection and its
+buffers for as long as it likes. `GuardedHttpToolsProtocol` adds the two missing timers:
+
+- headers: from the connection's first byte (or from its opening, for a fresh connection)
+  to the end of the headers, at most `HEADER_TIMEOUT`; past it a partial request gets
+  `408` and a silent connection is closed;
+- body: from the end of the headers to the end of the body, at most `BODY_TIMEOUT`; past
+  it the connection is closed and the handler reading the body sees a disconnect.
+
+Timers are loop callbacks, not tasks: an open connection costs no task. A WebSocket
+upgrade stops them (the socket then has its own ping timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .config import Settings
+
+_TIMEOUT_BODY = b'{"error":{"code":"request_timeout","message":"the request was not sent in time"}}'
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"content-type: application/json\r\n"
+    b"connection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    header_timeout_s: float
+    body_timeout_s: float
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header and body read timeouts."""
+
+    def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._request_begun = False
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._read_timer = self.loop.call_later(seconds, self._read_timed_out)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self._request_begun and (cycle is None or not cycle.response_started):
+            self.transport.write(_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.limits.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._request_begun = True
+        if self._read_timer is None:
+            self._arm(self.limits.header_timeout_s)
+
+    def on_headers_complete(self) -> None:
+        self._arm(self.limits.body_timeout_s)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._request_begun = False
+        super().on_message_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        super().handle_websocket_upgrade()
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options that bound connections (part of `cli.serve_options`)."""
+    import functools
+
+    limits = ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s
+    )
+    return {
+        # A partial of a module-level class: it pickles, so `--workers N` can spawn it.
+        "http": functools.partial(GuardedHttpToolsProtocol, limits=limits),
+        # uvicorn counts the connection being served too, hence + 1.
+        "limit_concurrency": settings.max_connections + 1 if settings.max_connections else None,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+    }

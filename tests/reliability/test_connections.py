@@ -1,0 +1,172 @@
+"""Connection limits of `linkcoach serve`: slow and silent clients are dropped, idle
+keep-alive connections closed, and connections past MAX_CONNECTIONS refused."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from linkcoach_stream.app import create_app
+from linkcoach_stream.cli import serve_options
+from linkcoach_stream.config import Settings
+from linkcoach_stream.server import GuardedHttpToolsProtocol
+
+from ..conftest import API_KEY, free_port
+
+HEADER_TIMEOUT = 0.6
+BODY_TIMEOUT = 0.8
+KEEP_ALIVE = 0.5
+MAX_CONNECTIONS = 6
+
+
+@asynccontextmanager
+async def serve_like_the_cli(settings: Settings) -> AsyncIterator[tuple[str, int]]:
+    """The app under uvicorn with the options `linkcoach serve` passes, the HTTP protocol
+    and its limits included (less workers, event loop and factory)."""
+    options: dict[str, Any] = serve_options(settings.with_overrides(port=free_port()))
+    for name in ("factory", "workers", "loop"):
+        options.pop(name)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), lifespan="on", **options))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{options['port']}", options["port"]
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture(scope="module")
+async def guarded(settings: Settings) -> AsyncIterator[tuple[str, int]]:
+    async with serve_like_the_cli(
+        settings.with_overrides(
+            header_timeout_s=HEADER_TIMEOUT,
+            body_timeout_s=BODY_TIMEOUT,
+            keep_alive_timeout_s=KEEP_ALIVE,
+            max_connections=MAX_CONNECTIONS,
+        )
+    ) as served:
+        yield served
+
+
+async def closed_after(reader: asyncio.StreamReader, limit: float) -> tuple[float, bytes]:
+    """Seconds until the server closes the connection, and what it sent before."""
+    started = time.perf_counter()
+    data = await asyncio.wait_for(reader.read(), limit)
+    return time.perf_counter() - started, data
+
+
+def test_serve_uses_the_guarded_protocol_and_the_connection_settings() -> None:
+    options = serve_options(
+        Settings(max_connections=100, keep_alive_timeout_s=7, header_timeout_s=3)
+    )
+    assert options["limit_concurrency"] == 101
+    assert options["timeout_keep_alive"] == 7
+    assert options["http"].func is GuardedHttpToolsProtocol
+    assert options["http"].keywords["limits"].header_timeout_s == 3
+    assert serve_options(Settings(max_connections=0))["limit_concurrency"] is None
+    env = {"MAX_CONNECTIONS": "50", "HEADER_TIMEOUT": "4", "BODY_TIMEOUT": "9"}
+    parsed = Settings.from_env(env | {"KEEP_ALIVE_TIMEOUT": "2"})
+    assert (parsed.max_connections, parsed.header_timeout_s) == (50, 4.0)
+    assert (parsed.body_timeout_s, parsed.keep_alive_timeout_s) == (9.0, 2.0)
+
+
+async def test_a_connection_that_sends_nothing_is_closed(guarded: tuple[str, int]) -> None:
+    _, port = guarded
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        waited, data = await closed_after(reader, 5)
+    finally:
+        writer.close()
+    assert data == b""
+    assert HEADER_TIMEOUT * 0.8 <= waited < HEADER_TIMEOUT + 1.0
+
+
+async def test_a_slowloris_client_is_dropped_with_408(guarded: tuple[str, int]) -> None:
+    _, port = guarded
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\nUser-Agent: " + b"s" * 200
+
+    async def drip() -> None:
+        # One byte every 50 ms: each arrives long before any per-read timeout would fire.
+        for byte in request:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    started = time.perf_counter()
+    dripping = asyncio.create_task(drip())
+    try:
+        data = await asyncio.wait_for(reader.read(4096), 5)
+    finally:
+        dripping.cancel()
+        writer.close()
+    elapsed = time.perf_counter() - started
+    assert elapsed < HEADER_TIMEOUT + 1.5, "the server held the slow client"
+    assert data.startswith(b"HTTP/1.1 408"), data
+    assert b"request_timeout" in data
+
+
+async def test_a_body_sent_too_slowly_is_cut_off(guarded: tuple[str, int]) -> None:
+    _, port = guarded
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /api/v1/auth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-API-Key: " + API_KEY.encode() + b"\r\nContent-Length: 100\r\n\r\n{"
+    )
+    await writer.drain()
+    try:
+        waited, data = await closed_after(reader, 5)
+    finally:
+        writer.close()
+    assert BODY_TIMEOUT * 0.8 <= waited < BODY_TIMEOUT + 1.0
+    assert not data.startswith(b"HTTP/1.1 2"), data
+
+
+async def test_normal_requests_pass_and_idle_keep_alive_connections_close(
+    guarded: tuple[str, int],
+) -> None:
+    _, port = guarded
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(2):
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        waited, data = await closed_after(reader, 5)
+    finally:
+        writer.close()
+    assert data == b""
+    assert KEEP_ALIVE * 0.8 <= waited < KEEP_ALIVE + 1.0
+
+
+async def test_connections_past_the_cap_are_refused_until_some_close(
+    guarded: tuple[str, int],
+) -> None:
+    url, port = guarded
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(MAX_CONNECTIONS)]
+    try:
+        await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            refused = await client.get("/health")
+        assert refused.status_code == 503
+    finally:
+        for _, writer in idle:
+            writer.close()
+    await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        assert (await client.get("/health")).status_code == 200
