@@ -10,6 +10,7 @@ with a fresh key prefix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import tempfile
@@ -159,8 +160,9 @@ async def stop_server(running: RunningServer) -> None:
     await running._task  # type: ignore[attr-defined]
 
 
-@pytest.fixture(scope="session")
-async def server(settings: Settings) -> AsyncIterator[RunningServer]:
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[RunningServer]:
+    """A server with these settings for the length of the block (a module's own server)."""
     running = await start_server(settings)
     try:
         yield running
@@ -168,9 +170,21 @@ async def server(settings: Settings) -> AsyncIterator[RunningServer]:
         await stop_server(running)
 
 
+@contextlib.asynccontextmanager
+async def client_of(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+async def server(settings: Settings) -> AsyncIterator[RunningServer]:
+    async with serving(settings) as running:
+        yield running
+
+
 @pytest.fixture
 async def client(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+    async with client_of(server) as c:
         yield c
 
 
@@ -315,16 +329,13 @@ def gemini_settings(settings: Settings, emulator: str) -> Settings:
 
 @pytest.fixture(scope="session")
 async def gemini_server(settings: Settings, emulator: str) -> AsyncIterator[RunningServer]:
-    running = await start_server(gemini_settings(settings, emulator))
-    try:
+    async with serving(gemini_settings(settings, emulator)) as running:
         yield running
-    finally:
-        await stop_server(running)
 
 
 @pytest.fixture
 async def gclient(gemini_server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=gemini_server.url, timeout=30) as c:
+    async with client_of(gemini_server) as c:
         yield c
 
 

@@ -29,6 +29,7 @@ from tests.conftest import (
     User,
     gemini_settings,
     make_user,
+    serving,
     start_server,
     stop_server,
 )
@@ -283,18 +284,15 @@ async def markup_server(
     kb: Path = tmp_path_factory.mktemp("markup-kb")
     (kb / "coaching_guides").mkdir()
     (kb / "coaching_guides" / "memo-tags.md").write_text(MARKUP_DOC, encoding="utf-8")
-    running = await start_server(
+    async with serving(
         settings.with_overrides(
             retrieval_enabled=True,
             knowledge_base_dir=kb,
             data_dir=tmp_path_factory.mktemp("markup-data"),
             extra={**settings.extra, "RAG_EMBEDDER": "hash"},
         )
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        await stop_server(running)
 
 
 async def test_markup_in_the_answer_is_shown_as_text_and_never_runs(

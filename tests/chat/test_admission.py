@@ -13,11 +13,11 @@ import pytest
 from tests.conftest import (
     RunningServer,
     User,
+    client_of,
     gemini_settings,
     make_user,
     read_sse,
-    start_server,
-    stop_server,
+    serving,
 )
 
 STREAM = "/api/v1/coaching/query/stream"
@@ -27,7 +27,7 @@ MAX_ACTIVE = 3
 
 @pytest.fixture(scope="module")
 async def admitting(settings, emulator) -> AsyncIterator[RunningServer]:  # type: ignore[no-untyped-def]
-    running = await start_server(
+    async with serving(
         gemini_settings(settings, emulator).with_overrides(
             max_active_streams=MAX_ACTIVE,
             ready_high_water=0.6,  # 2 of 3
@@ -35,16 +35,13 @@ async def admitting(settings, emulator) -> AsyncIterator[RunningServer]:  # type
             max_streams_per_user=0,
             rate_turns_per_min=600.0,
         )
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        await stop_server(running)
 
 
 @pytest.fixture
 async def aclient(admitting: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=admitting.url, timeout=30) as c:
+    async with client_of(admitting) as c:
         yield c
 
 

@@ -21,12 +21,12 @@ from tests.conftest import (
     SSE,
     RunningServer,
     User,
+    client_of,
     emulator_stats,
     gemini_settings,
     make_user,
     read_sse,
-    start_server,
-    stop_server,
+    serving,
     text_of,
 )
 
@@ -103,19 +103,16 @@ class Recording:
 
 @pytest.fixture(scope="module")
 async def recorded(settings) -> AsyncIterator[tuple[RunningServer, Recording]]:  # type: ignore[no-untyped-def]
-    running = await start_server(settings)
-    recording = Recording()
-    # The app's own ChatService, with only its provider swapped.
-    running.server.lifespan.state["chat"].provider = recording  # type: ignore[attr-defined]
-    try:
+    async with serving(settings) as running:
+        recording = Recording()
+        # The app's own ChatService, with only its provider swapped.
+        running.server.lifespan.state["chat"].provider = recording  # type: ignore[attr-defined]
         yield running, recording
-    finally:
-        await stop_server(running)
 
 
 @pytest.fixture
 async def rclient(recorded: tuple[RunningServer, Recording]) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=recorded[0].url, timeout=30) as c:
+    async with client_of(recorded[0]) as c:
         yield c
 
 
@@ -440,21 +437,18 @@ async def test_ws_regenerate_frame_streams_the_new_version(
 
 @pytest.fixture(scope="module")
 async def limited(settings, emulator) -> AsyncIterator[RunningServer]:  # type: ignore[no-untyped-def]
-    running = await start_server(
+    async with serving(
         gemini_settings(settings, emulator).with_overrides(
             rate_turns_per_min=6.0, max_streams_per_user=1
         )
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        await stop_server(running)
 
 
 async def test_regenerations_count_against_the_stream_cap_and_the_turn_limit(
     limited: RunningServer,
 ) -> None:
-    async with httpx.AsyncClient(base_url=limited.url, timeout=30) as c:
+    async with client_of(limited) as c:
         user = await make_user(c)
         turn = await ask(c, user, "짧은 답변")
         slow = "느린 다른 답변 [[emulator:chunks=150,chunk_interval_ms=30]]"

@@ -6,19 +6,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, make_user, read_sse, start_server, stop_server, text_of
+from tests.conftest import RunningServer, make_user, read_sse, serving, text_of
 
 
 @pytest.fixture(scope="module")
 async def rag_server(settings, tmp_path_factory) -> AsyncIterator[RunningServer]:  # type: ignore[no-untyped-def]
     data_dir: Path = tmp_path_factory.mktemp("rag-data")
-    running = await start_server(
+    async with serving(
         settings.with_overrides(retrieval_enabled=True, data_dir=data_dir)
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        await stop_server(running)
 
 
 async def test_streamed_answer_lists_and_cites_retrieved_sources(rag_server: RunningServer) -> None:

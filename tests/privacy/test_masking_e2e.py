@@ -23,6 +23,7 @@ from tests.conftest import (
     gemini_settings,
     make_user,
     read_sse,
+    serving,
     start_server,
     stop_server,
 )
@@ -52,11 +53,8 @@ def leaks(text: str) -> list[str]:
 
 @pytest.fixture
 async def masked_server(settings: Settings, emulator: str) -> AsyncIterator[RunningServer]:
-    running = await start_server(gemini_settings(settings, emulator))
-    try:
+    async with serving(gemini_settings(settings, emulator)) as running:
         yield running
-    finally:
-        await stop_server(running)
 
 
 async def _redis_values(settings: Settings) -> str:

@@ -28,8 +28,7 @@ from tests.conftest import (
     gemini_settings,
     make_user,
     read_sse,
-    start_server,
-    stop_server,
+    serving,
     text_of,
 )
 
@@ -160,13 +159,10 @@ async def test_sigkilled_producer_resume_retry_and_ws_end_with_stream_lost_withi
 
 @pytest.fixture(scope="module")
 async def sweeping(settings: Settings) -> AsyncIterator[RunningServer]:
-    running = await start_server(
+    async with serving(
         settings.with_overrides(stream_lease_ttl_s=2.0, stream_sweep_interval_s=0.5)
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        await stop_server(running)
 
 
 @pytest.fixture
@@ -258,13 +254,10 @@ async def test_the_sweep_marks_a_streaming_row_without_a_lease_interrupted(
 
 @pytest.fixture(scope="module")
 async def not_sweeping(settings: Settings) -> AsyncIterator[RunningServer]:
-    running = await start_server(
+    async with serving(
         settings.with_overrides(stream_lease_ttl_s=2.0, stream_sweep_interval_s=0)
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        await stop_server(running)
 
 
 async def test_cancel_of_a_message_whose_producer_died_answers_its_final_status(

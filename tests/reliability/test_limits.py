@@ -8,34 +8,24 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import (
-    RunningServer,
-    gemini_settings,
-    make_user,
-    read_sse,
-    start_server,
-    stop_server,
-)
+from tests.conftest import RunningServer, client_of, gemini_settings, make_user, read_sse, serving
 
 STREAM = "/api/v1/coaching/query/stream"
 
 
 @pytest.fixture(scope="module")
 async def limited(settings, emulator) -> AsyncIterator[RunningServer]:  # type: ignore[no-untyped-def]
-    running = await start_server(
+    async with serving(
         gemini_settings(settings, emulator).with_overrides(
             rate_turns_per_min=6.0, max_streams_per_user=2, rate_auth_failures_per_min=60.0
         )
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        await stop_server(running)
 
 
 @pytest.fixture
 async def lclient(limited: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=limited.url, timeout=30) as c:
+    async with client_of(limited) as c:
         yield c
 
 

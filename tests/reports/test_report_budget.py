@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from linkcoach_stream.config import Settings
-from tests.conftest import RunningServer, User, make_user, start_server, stop_server
+from tests.conftest import RunningServer, User, client_of, make_user, serving
 from tests.reports.conftest import INTERPRET
 
 BUDGET = 3
@@ -17,16 +17,13 @@ BUDGET = 3
 
 @pytest.fixture(scope="module")
 async def budget_server(settings: Settings) -> AsyncIterator[RunningServer]:
-    running = await start_server(settings.with_overrides(rate_reports_per_hour=float(BUDGET)))
-    try:
+    async with serving(settings.with_overrides(rate_reports_per_hour=float(BUDGET))) as running:
         yield running
-    finally:
-        await stop_server(running)
 
 
 @pytest.fixture
 async def bclient(budget_server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=budget_server.url, timeout=30) as c:
+    async with client_of(budget_server) as c:
         yield c
 
 

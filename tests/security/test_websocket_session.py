@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from linkcoach_stream.config import Settings
 from linkcoach_stream.db.repositories import users
-from tests.conftest import RunningServer, make_user, start_server, stop_server
+from tests.conftest import RunningServer, client_of, make_user, serving, start_server, stop_server
 
 WS = "/api/v1/coaching/ws"
 USER_PER_MIN = 60.0  # a burst of 10 requests, one more each second
@@ -52,16 +52,13 @@ async def until_closed(ws: ClientConnection) -> tuple[list[dict], int | None]:
 
 @pytest.fixture(scope="module")
 async def tight(settings: Settings) -> AsyncIterator[RunningServer]:
-    running = await start_server(settings.with_overrides(rate_user_per_min=USER_PER_MIN))
-    try:
+    async with serving(settings.with_overrides(rate_user_per_min=USER_PER_MIN)) as running:
         yield running
-    finally:
-        await stop_server(running)
 
 
 @pytest.fixture
 async def tclient(tight: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=tight.url, timeout=30) as c:
+    async with client_of(tight) as c:
         yield c
 
 
