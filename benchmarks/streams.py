@@ -961,13 +961,16 @@ def summarise(
         for key in [k for k, _, _ in FIGURES] + ["kb_per_stream", "idle_rss_mb"]:
             f, base = per_kind["full"].get(key), per_kind["baseline"].get(key)
             ratio[key] = round(f / base, 2) if f is not None and base else None
-        added = None
-        if (
-            per_kind["full"]["ttft_p50"] is not None
-            and per_kind["baseline"]["ttft_p50"] is not None
-        ):
-            added = round(per_kind["full"]["ttft_p50"] - per_kind["baseline"]["ttft_p50"], 1)
-        out[str(level)] = {**per_kind, "ratio": ratio, "ttft_added_p50_ms": added}
+        added: dict[str, float | None] = {}
+        for q in ("p50", "p99"):
+            f, base = per_kind["full"][f"ttft_{q}"], per_kind["baseline"][f"ttft_{q}"]
+            added[q] = round(f - base, 1) if f is not None and base is not None else None
+        out[str(level)] = {
+            **per_kind,
+            "ratio": ratio,
+            "ttft_added_p50_ms": added["p50"],
+            "ttft_added_p99_ms": added["p99"],
+        }
     return out
 
 
@@ -1119,10 +1122,18 @@ def level_table(level: str, s: dict[str, Any]) -> list[str]:
     }
     lines.append("")
     lines.append(
-        f"Added TTFT p50 (full − baseline): **{_fmt(s['ttft_added_p50_ms'])} ms**. "
+        f"Added TTFT p50 (full − baseline): **{_fmt(s['ttft_added_p50_ms'])} ms**, "
+        f"p99: **{_fmt(_added_p99(s))} ms** (medians over repeats). "
         f"Failures by reason (all repeats): {reasons or 'none'}."
     )
     return lines
+
+
+def _added_p99(s: dict[str, Any]) -> float | None:
+    if s.get("ttft_added_p99_ms") is not None:
+        return float(s["ttft_added_p99_ms"])
+    f, base = s["full"].get("ttft_p99"), s["baseline"].get("ttft_p99")
+    return round(f - base, 1) if f is not None and base is not None else None
 
 
 def variant_section(result: dict[str, Any], title: str) -> list[str]:
@@ -1334,11 +1345,13 @@ def variant_name(args: argparse.Namespace) -> str:
 
 def variant_title(result: dict[str, Any]) -> str:
     cfg = result["config"]
-    title = "Retrieval on (default configuration)" if cfg["retrieval"] else "Retrieval off"
+    title = "Retrieval on" if cfg["retrieval"] else "Retrieval off"
     if cfg.get("server_env"):
         title += ", server env " + " ".join(f"`{k}={v}`" for k, v in cfg["server_env"].items())
     if cfg.get("quick"):
         title += " — quick run (debug)"
+    if cfg.get("ranking_note"):
+        title += f" ({cfg['ranking_note']})"
     levels = cfg.get("levels") or []
     if levels and levels != [100, 500, 1000, 2000]:
         title += ", " + ", ".join(str(level) for level in levels) + " streams"
