@@ -39,7 +39,7 @@ from ..errors import AppError, RateLimited, Unauthorized
 from ..services import answers
 from ..services.auth import Principal
 from ..services.chat import ChatService
-from ..services.streams import StreamEvent
+from ..services.events import StreamEvent
 from .coaching import QueryRequest
 from .common import authenticate_token, dumps
 from .messages import RegenerateRequest

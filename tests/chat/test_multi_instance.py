@@ -83,11 +83,15 @@ async def test_cancel_sent_to_another_instance_stops_the_generation(
         assert c.json()["local"] is False
         await asyncio.wait_for(reader, 15)
     assert events[-1].event == "done"
+    # Asked on the second instance, cancelled by the first: a remote cancel.
     assert events[-1].data["finish_reason"] == "cancelled"
+    assert events[-1].data["cancel_reason"] == "remote"
     conn = await asyncpg.connect(gemini_server.settings.database_url)
-    row = await conn.fetchrow("SELECT content, status FROM messages WHERE id = $1", uuid.UUID(mid))
+    row = await conn.fetchrow(
+        "SELECT content, status, cancel_reason FROM messages WHERE id = $1", uuid.UUID(mid)
+    )
     await conn.close()
-    assert row["status"] == "interrupted"
+    assert row["status"] == "interrupted" and row["cancel_reason"] == "remote"
     assert row["content"] == text_of(events)
     assert len(row["content"]) < 300 * 7
 

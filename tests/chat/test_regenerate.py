@@ -353,6 +353,7 @@ async def test_a_regeneration_is_cancelled_and_resumed_like_a_turn(
         await asyncio.wait_for(reading, 20)
     assert events[-1].event == "done" and events[-1].data["status"] == "interrupted"
     assert tail[0].id == 3 and tail[-1].data["finish_reason"] == "cancelled"
+    assert tail[-1].data["cancel_reason"] == "user"
     (answer,) = [m for m in await shown(gclient, user, turn["conversation_id"]) if m["reply_to"]]
     assert answer["id"] == new_id and answer["status"] == "interrupted"
     assert answer["content"] == text_of(events) and answer["version"] == 2

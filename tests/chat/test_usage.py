@@ -123,6 +123,7 @@ async def test_a_cancelled_turn_records_an_estimate_marked_as_such(
         rest = await reading
     done = rest[-1]
     assert done.event == "done" and done.data["finish_reason"] == "cancelled"
+    assert done.data["cancel_reason"] == "user"
     assert done.data["usage"]["estimated"] is True
     assert done.data["usage"]["completion_tokens"] > 0
     row = (await message_rows(gemini_server.settings, user.user_id))[0]

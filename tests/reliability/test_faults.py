@@ -238,7 +238,10 @@ async def test_sigterm_mid_stream_sends_server_shutdown_and_the_answer_can_be_re
                 headers={**user.headers, "Last-Event-ID": str(last.data["last_event_id"])},
             ) as r:
                 rest = await read_sse(r)
+        # Cut by the shutdown, not by anyone's cancel: the end and the row say so.
         assert rest[-1].event == "done" and rest[-1].data["finish_reason"] == "cancelled"
+        assert rest[-1].data["cancel_reason"] == "shutdown"
+        assert row["cancel_reason"] == "shutdown"
         assert text_of(events) + text_of(rest) == row["content"]
     finally:
         await proc.stop()
