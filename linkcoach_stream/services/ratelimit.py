@@ -87,7 +87,7 @@ class StreamSlot:
 
     __slots__ = ("_limiter", "_released", "message_id", "user_id")
 
-    def __init__(self, limiter: RateLimiter | None, user_id: str, message_id: str) -> None:
+    def __init__(self, limiter: RateLimiter | None, *, user_id: str, message_id: str) -> None:
         self._limiter = limiter
         self.user_id = user_id
         self.message_id = message_id
@@ -114,7 +114,7 @@ class NullLimiter:
         return None
 
     async def acquire_stream(self, user_id: str, message_id: str) -> StreamSlot:
-        return StreamSlot(None, user_id, message_id)
+        return StreamSlot(None, user_id=user_id, message_id=message_id)
 
 
 class RateLimiter:
@@ -182,7 +182,7 @@ class RateLimiter:
         """A stream slot for this message (or RateLimited when the user holds them all),
         to be released by whoever ends up owning it."""
         if self.max_streams <= 0:
-            return StreamSlot(None, user_id, message_id)
+            return StreamSlot(None, user_id=user_id, message_id=message_id)
         key = f"{self.prefix}slots:{user_id}"
         now = time.time()
         try:
@@ -206,7 +206,7 @@ class RateLimiter:
                 retry_after=1.0,
                 code="too_many_streams",
             )
-        return StreamSlot(self, user_id, message_id)
+        return StreamSlot(self, user_id=user_id, message_id=message_id)
 
     async def _release_stream(self, user_id: str, message_id: str) -> None:
         if self.max_streams <= 0:

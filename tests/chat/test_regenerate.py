@@ -28,6 +28,7 @@ from tests.conftest import (
     start_server,
     stop_server,
     text_of,
+    until,
 )
 
 QUERY = "/api/v1/coaching/query"
@@ -298,8 +299,7 @@ async def test_regenerating_while_the_answer_still_streams_is_a_409(
     ) as s:
         events: list[SSE] = []
         reading = asyncio.create_task(read_sse(s, on_event=events))
-        while not events:
-            await asyncio.sleep(0.02)
+        await until(lambda: bool(events), what="the meta event", task=reading)
         mid = events[0].data["message_id"]
         r = await gclient.post(regen_url(mid), headers=user.headers)
         assert r.status_code == 409, r.text
@@ -325,8 +325,7 @@ async def test_a_regeneration_is_cancelled_and_resumed_like_a_turn(
     ) as first_stream:
         first: list[SSE] = []
         reading = asyncio.create_task(read_sse(first_stream, on_event=first))
-        while not first:
-            await asyncio.sleep(0.02)
+        await until(lambda: bool(first), what="the meta event", task=reading)
         turn = first[0].data
         c = await gclient.post(
             f"/api/v1/coaching/streams/{turn['message_id']}/cancel", headers=user.headers
@@ -336,8 +335,11 @@ async def test_a_regeneration_is_cancelled_and_resumed_like_a_turn(
     async with gclient.stream("POST", regen_url(turn["message_id"]), headers=user.headers) as r:
         events: list[SSE] = []
         reading = asyncio.create_task(read_sse(r, on_event=events))
-        while len([e for e in events if e.event == "delta"]) < 3:
-            await asyncio.sleep(0.02)
+        await until(
+            lambda: len([e for e in events if e.event == "delta"]) >= 3,
+            what="three deltas",
+            task=reading,
+        )
         new_id = events[0].data["message_id"]
         # A second reader resumes the same regeneration from an event id.
         async with gclient.stream(
@@ -467,8 +469,7 @@ async def test_regenerations_count_against_the_stream_cap_and_the_turn_limit(
         ) as s:
             events: list[SSE] = []
             reading = asyncio.create_task(read_sse(s, on_event=events))
-            while not events:
-                await asyncio.sleep(0.02)
+            await until(lambda: bool(events), what="the meta event", task=reading)
             r = await c.post(regen_url(turn["message_id"]), headers=user.headers)
             assert r.status_code == 429, r.text
             assert r.json()["error"]["code"] == "too_many_streams"
