@@ -422,7 +422,7 @@ class ChatService:
         self.metrics.active_generations.inc()
         cancelled: asyncio.CancelledError | None = None
         try:
-            await self._read(progress, uuid.UUID(started.message_id), prompt)
+            await self._read(progress, message_id=uuid.UUID(started.message_id), prompt=prompt)
             ending = Ending("complete", progress.result.finish_reason or "stop")
         except asyncio.CancelledError as exc:
             cancelled = exc
@@ -435,7 +435,9 @@ class ChatService:
         if cancelled is not None:
             raise cancelled
 
-    async def _read(self, progress: _Progress, message_id: uuid.UUID, prompt: ChatPrompt) -> None:
+    async def _read(
+        self, progress: _Progress, *, message_id: uuid.UUID, prompt: ChatPrompt
+    ) -> None:
         """Stream the provider's answer into the coalescer, measuring as it comes."""
         provider = self.provider.name
         stall_s = 2 * self.settings.expected_chunk_gap_ms / 1000
@@ -462,7 +464,7 @@ class ChatService:
         extra = {"message_id": started.message_id, "provider": provider}
         if isinstance(exc, TimeoutError):
             self.metrics.llm_errors.labels(provider, "total_timeout").inc()
-            log.warning("answer stopped by LLM_TOTAL_TIMEOUT", extra=extra)
+            log.warning("answer stopped by LLM_TOTAL_TIMEOUT", extra=extra, exc_info=exc)
             return Ending(
                 "error",
                 "timeout",
