@@ -165,7 +165,7 @@ class Coalescer:
             self._last_emit = time.perf_counter()
 
     def close(self) -> None:
-        """Send what is still pending; nothing is sent after this."""
+        """Send what is still pending and drop the timer: the terminal event follows."""
         self.flush()
 
 

@@ -13,7 +13,9 @@ and is kept twice:
 Writes to Redis are batched by one writer task for all jobs (one pipeline per batch), so
 a chunk never waits for Redis and thousands of streams cost few round trips. A cancel
 request that reaches an instance without the job is published on `{prefix}cancel`; every
-instance listens and cancels the job if it owns it.
+instance listens and cancels the job if it owns it. Whoever cancels a job names why
+(`CancelReason`: `user` here, `remote` from the channel, `shutdown` from `drain`); the job
+reads it when the cancellation reaches it.
 
 A running job holds a lease, the key `{prefix}live:{message_id}` with a TTL of
 `STREAM_LEASE_TTL` (10 s), renewed every third of it and deleted right after the terminal
