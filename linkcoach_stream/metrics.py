@@ -86,6 +86,11 @@ class Metrics:
             "API log entries dropped (queue full or DB down)",
             registry=r,
         )
+        self.stream_redis_failures = Gauge(
+            "linkcoach_stream_redis_failures",
+            "Redis calls of the stream hub (event log, leases, cancel) that failed since start",
+            registry=r,
+        )
         self.retrieval_searches = Gauge(
             "linkcoach_retrieval_searches",
             "Knowledge-base searches since start: lexical (the default), hybrid (dense "

@@ -15,9 +15,10 @@ import os
 import socket
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -282,6 +283,26 @@ async def read_sse(
     return events
 
 
+async def until(
+    condition: Callable[[], object],
+    *,
+    timeout: float = 15.0,
+    what: str = "the condition",
+    task: asyncio.Task[Any] | None = None,
+) -> None:
+    """Poll `condition` every 20 ms until it is true; fail instead of hanging when it is
+    not within `timeout`. With `task` (e.g. the reader filling the list polled), its
+    failure is raised as soon as it ends, and its end stops the wait."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if task is not None and task.done():
+            task.result()
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout:g} s")
+        await asyncio.sleep(0.02)
+
+
 def text_of(events: list[SSE]) -> str:
     return "".join(e.data["text"] for e in events if e.event == "delta")
 
@@ -307,8 +328,7 @@ async def emulator() -> AsyncIterator[str]:
     srv = uvicorn.Server(config)
     srv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(srv.serve())
-    while not srv.started:
-        await asyncio.sleep(0.02)
+    await until(lambda: srv.started, what="the emulator's start", task=task)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

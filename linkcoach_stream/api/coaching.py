@@ -16,10 +16,11 @@ from starlette.routing import Route
 
 from ..errors import BadRequest, NotFound
 from ..llm.base import Turn
+from ..services import events as ev
 from ..services.chat import ChatService, TurnRequest, collect
+from ..services.events import StreamEvent, TurnOutcome
 from ..services.legacy_chat import clean_history, find_continued_conversation
 from ..services.pii import mask_pii
-from ..services.streams import StreamEvent
 from .common import JSON, DbText, path_uuid, read_model, require_user
 
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -120,14 +121,8 @@ async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSou
                 if item is None:
                     return
                 if item is _FAREWELL:
-                    farewell = {
-                        "code": "server_shutdown",
-                        "message": "this server is restarting; resume the stream",
-                        "message_id": message_id,
-                        "last_event_id": last_id,
-                        "retry_after": 1,
-                    }
-                    yield _frame(StreamEvent(last_id + 1, "error", farewell))
+                    farewell = ev.server_shutdown(message_id=message_id, last_event_id=last_id)
+                    yield _frame(farewell.at(last_id + 1))
                     return
                 assert isinstance(item, StreamEvent)
                 last_id = item.id
@@ -186,25 +181,21 @@ async def cancel_stream(request: Request) -> JSON:
     return JSON(result, status_code=202 if result["cancelled"] else 200)
 
 
-def turn_result(text: str, events: list[StreamEvent]) -> tuple[dict[str, Any], int]:
-    meta = next((e.data for e in events if e.event == "meta"), {})
-    last = events[-1] if events else None
+def turn_result(outcome: TurnOutcome) -> tuple[dict[str, Any], int]:
     body: dict[str, Any] = {
-        "conversation_id": meta.get("conversation_id"),
-        "message_id": meta.get("message_id"),
-        "answer": text,
-        "sources": meta.get("sources", []),
-        "provider": meta.get("provider"),
+        "conversation_id": outcome.conversation_id,
+        "message_id": outcome.message_id,
+        "answer": outcome.text,
+        "sources": outcome.sources,
+        "provider": outcome.provider,
     }
-    if last is not None and last.event == "error":
-        body["error"] = {"code": last.data.get("code"), "message": last.data.get("message")}
+    if outcome.error is not None:
+        code, message = outcome.error
+        body["error"] = {"code": code, "message": message}
         return body, 502
-    if last is not None:
-        body.update(
-            finish_reason=last.data.get("finish_reason"),
-            usage=last.data.get("usage"),
-            status=last.data.get("status"),
-        )
+    body.update(finish_reason=outcome.finish_reason, usage=outcome.usage, status=outcome.status)
+    if outcome.cancel_reason is not None:
+        body["cancel_reason"] = outcome.cancel_reason
     return body, 200
 
 
@@ -214,8 +205,8 @@ async def query(request: Request) -> JSON:
     body = await read_model(request, QueryRequest)
     chat = _chat(request)
     started = await chat.start_turn(user, body.turn())
-    text, events = await collect(await chat.turn_events(user, started))
-    result, status = turn_result(text, events)
+    outcome = await collect(await chat.turn_events(user, started))
+    result, status = turn_result(outcome)
     return JSON(result, status_code=status)
 
 
@@ -249,11 +240,11 @@ async def legacy_chat(request: Request) -> JSON:
             raise
         # Deleted since it was matched: the turn starts a new conversation instead.
         started = await chat.start_turn(user, replace(turn, conversation_id=None))
-    text, events = await collect(await chat.turn_events(user, started))
-    result, status = turn_result(text, events)
+    outcome = await collect(await chat.turn_events(user, started))
+    result, status = turn_result(outcome)
     if status != 200:
         return JSON({"error": result["error"]}, status_code=status)
-    return JSON({"answer": text})
+    return JSON({"answer": outcome.text})
 
 
 routes = [

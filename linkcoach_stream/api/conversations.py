@@ -66,6 +66,7 @@ def message_json(row: asyncpg.Record) -> dict[str, Any]:
         "model": row["model"],
         "finish_reason": row["finish_reason"],
         "error_code": row["error_code"],
+        "cancel_reason": row["cancel_reason"],
         "usage": usage,
         "ttft_ms": row["ttft_ms"],
         "latency_ms": row["latency_ms"],

@@ -77,6 +77,7 @@ async def ready(request: Request) -> JSON:
 async def metrics(request: Request) -> Response:
     state = request.state
     state.metrics.api_log_dropped.set(state.apilog.dropped)
+    state.metrics.stream_redis_failures.set(state.hub.redis_failures)
     retriever = state.retriever
     if retriever is not None:
         searches = state.metrics.retrieval_searches

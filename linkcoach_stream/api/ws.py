@@ -39,7 +39,7 @@ from ..errors import AppError, RateLimited, Unauthorized
 from ..services import answers
 from ..services.auth import Principal
 from ..services.chat import ChatService
-from ..services.streams import StreamEvent
+from ..services.events import StreamEvent
 from .coaching import QueryRequest
 from .common import authenticate_token, dumps
 from .messages import RegenerateRequest
@@ -71,11 +71,8 @@ class Session:
 
     async def paid(self) -> bool:
         """Charge a frame to the per-user request limit; False (socket closed) when over."""
-        limiter = getattr(self.ws.state, "limiter", None)
-        if limiter is None:
-            return True
         try:
-            await limiter.hit("user", self.user.user_id)
+            await self.chat.limiter.hit("user", self.user.user_id)
         except RateLimited as exc:
             await self.close_with(exc)
             return False

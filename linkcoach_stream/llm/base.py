@@ -82,7 +82,8 @@ class StreamResult:
 
 
 class LLMError(Exception):
-    """A provider failure; `kind` labels metrics, `before_first_chunk` decides retries."""
+    """A provider failure; `kind` labels metrics, `retryable` says whether asking again
+    may succeed (the provider retries only before the first chunk reached a client)."""
 
     def __init__(self, message: str, *, kind: str, retryable: bool = False) -> None:
         super().__init__(message)

@@ -237,10 +237,13 @@ class GeminiProvider:
             "x-goog-api-key": settings.gemini_api_key or "",
         }
 
-    @property
-    def client(self) -> genai.Client:
-        self._next = (self._next + 1) % len(self._clients)
-        return self._clients[self._next]
+    def _shard(self) -> int:
+        """The next connection pool shard, round robin (each call moves on by one)."""
+        self._next = (self._next + 1) % _POOL_SHARDS
+        return self._next
+
+    def _client(self) -> genai.Client:
+        return self._clients[self._shard()]
 
     def _contents(self, prompt: ChatPrompt) -> list[types.Content]:
         contents = [
@@ -312,8 +315,7 @@ class GeminiProvider:
 
     async def _direct_parts(self, body: bytes) -> AsyncGenerator[_Part, None]:
         """One request over `:streamGenerateContent?alt=sse`, parsed without the SDK."""
-        self._next = (self._next + 1) % len(self._https)
-        http = self._https[self._next]
+        http = self._https[self._shard()]
         async with http.stream(
             "POST", self._stream_url, content=body, headers=self._headers
         ) as response:
@@ -331,7 +333,7 @@ class GeminiProvider:
                 yield _event_part(event)
 
     async def _sdk_parts(self, prompt: ChatPrompt) -> AsyncGenerator[_Part, None]:
-        chunks = await self.client.aio.models.generate_content_stream(
+        chunks = await self._client().aio.models.generate_content_stream(
             model=self.model, contents=self._contents(prompt), config=self._config(prompt.system)
         )
         async with contextlib.aclosing(chunks) as iterator:  # type: ignore[type-var]
@@ -402,7 +404,7 @@ class GeminiProvider:
         while True:
             try:
                 response = await asyncio.wait_for(
-                    self.client.aio.models.generate_content(
+                    self._client().aio.models.generate_content(
                         model=self.model, contents=prompt, config=config
                     ),
                     self.settings.llm_total_timeout_s,

@@ -27,7 +27,6 @@ Decisions (do not "fix"):
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 
@@ -38,7 +37,7 @@ BUSY_MESSAGE = "the coach is answering as many questions as it can; please retry
 
 
 class Slot:
-    """One admitted generation; `release` is idempotent so every exit path may call it."""
+    """One admitted generation, held in a turn's `Leases`; `release` is idempotent."""
 
     __slots__ = ("_admission", "_released")
 
@@ -50,13 +49,6 @@ class Slot:
         if not self._released:
             self._released = True
             self._admission._release()
-
-    def release_when_done(self, task: asyncio.Task[None]) -> None:
-        """Hand the slot to the job: it is given back when the job's task ends."""
-        if task.done():
-            self.release()
-        else:
-            task.add_done_callback(lambda _: self.release())
 
 
 class Admission:

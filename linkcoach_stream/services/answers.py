@@ -7,7 +7,7 @@ answer is not there yet and a failed one has nothing to judge.
 
 Regeneration is a turn without a new question. The user message the answer replied to
 is asked again: the same rules as a turn apply (turn rate limit, stream cap,
-`client_message_id` idempotency), the same generation job runs (`ChatService._generate`,
+`client_message_id` idempotency), the same generation job runs (`ChatService.start_generation`,
 so usage, partial writes, cancel and resume behave exactly like a turn's), and the model
 gets the history before that question, current versions only. The answer it replaces
 stays stored as an earlier version; `GET /conversations/{id}` shows the newest one, in
@@ -38,6 +38,7 @@ from ..llm.prompts import budget_history, system_instruction
 from ..metrics import Metrics
 from .auth import Principal
 from .chat import _HISTORY_ROWS, ChatService, TurnStarted, sources_of
+from .leases import Leases
 from .usage import check_budget
 
 RATEABLE = frozenset({"complete", "interrupted"})
@@ -88,7 +89,9 @@ async def regenerate(
     """Start a new version of the answer `message_id` (or replay the one this
     `client_message_id` already started), under an admission slot like a turn."""
     return await chat.admitted(
-        lambda: _regenerate(chat, user, message_id, client_message_id=client_message_id)
+        lambda leases: _regenerate(
+            chat, user, message_id, client_message_id=client_message_id, leases=leases
+        )
     )
 
 
@@ -97,10 +100,10 @@ async def _regenerate(
     user: Principal,
     message_id: uuid.UUID,
     *,
-    client_message_id: str | None = None,
+    client_message_id: str | None,
+    leases: Leases,
 ) -> TurnStarted:
-    if chat.limiter is not None:
-        await chat.limiter.hit("turns", user.user_id)
+    await chat.limiter.hit("turns", user.user_id)
     async with chat.pool.acquire() as conn:
         target = await answers.get_answer(conn, message_id=message_id, user_id=user.user_id)
         conversation = await repo.get_conversation(
@@ -126,22 +129,17 @@ async def _regenerate(
     if chat.retriever is not None:
         passages = list(await chat.retriever.search(question["content"], leadership_type=code, k=4))
     new_id = uuid.uuid4()
-    if chat.limiter is not None:
-        await chat.limiter.acquire_stream(user.user_id, str(new_id))
-    try:
-        return await _store_and_start(
-            chat,
-            user,
-            target=target,
-            code=code,
-            passages=passages,
-            new_id=new_id,
-            client_message_id=client_message_id,
-        )
-    except BaseException:
-        if chat.limiter is not None and chat.hub.local_job(str(new_id)) is None:
-            await chat.limiter.release_stream(user.user_id, str(new_id))
-        raise
+    leases.take(await chat.limiter.acquire_stream(user.user_id, str(new_id)))
+    return await _store_and_start(
+        chat,
+        user,
+        target=target,
+        code=code,
+        passages=passages,
+        new_id=new_id,
+        client_message_id=client_message_id,
+        leases=leases,
+    )
 
 
 async def _store_and_start(
@@ -153,6 +151,7 @@ async def _store_and_start(
     passages: list[PassageLike],
     new_id: uuid.UUID,
     client_message_id: str | None,
+    leases: Leases,
 ) -> TurnStarted:
     conversation_id: uuid.UUID = target["conversation_id"]
     sources = sources_of(passages)
@@ -164,8 +163,6 @@ async def _store_and_start(
             )
             if existing is not None:
                 # The same request won the lock first; this one only reads its answer.
-                if chat.limiter is not None:
-                    await chat.limiter.release_stream(user.user_id, str(new_id))
                 return _replayed(existing, target)
         current = await answers.current_reply(conn, reply_to=question["id"])
         _refuse_if_streaming(current)
@@ -217,10 +214,7 @@ async def _store_and_start(
         },
     )
     chat.metrics.regenerations.inc()
-    chat.hub.start_job(
-        str(new_id),
-        lambda job: chat._generate(job, new_id, started, prompt, user.user_id),
-    )
+    chat.start_generation(started=started, prompt=prompt, leases=leases)
     return started
 
 

@@ -1,9 +1,21 @@
 """The one chat-turn pipeline that both SSE and WebSocket drive.
 
-`start_turn` validates, stores the user's message and an empty `streaming` assistant
-message in one transaction, retrieves context, and starts the generation job; `events`
-yields the turn's events (`meta`, `delta`..., then `done` or `error`) from any point, on
-any instance. Transports only translate events into frames.
+A turn, in order (`start_turn`): the question is validated and (with PII_MASKING)
+masked; the turn takes an admission slot and pays the user's turn limit; the
+conversation or report it continues is read (a repeated `client_message_id` replays the
+earlier answer here); the daily budget is checked; context is retrieved; the turn takes
+one of its user's stream slots; the user's message and an empty `streaming` assistant
+message are stored in one transaction; the generation job starts and owns both slots
+(`leases.py`). `events` then yields the turn's events (`meta`, `delta`..., then `done`
+or `error`, built by `events.py`) from any point, on any instance. Transports only
+translate events into frames.
+
+The generation job is three steps: the provider is read, its chunks joined by a
+`Coalescer` into `delta` events; the way it ended is classified into an `Ending`; one
+`_finalize` step stores the message and usage and emits the terminal event. A cancel
+carries its reason (`streams.CancelReason`: `user`, `remote`, `shutdown`) to the `done`
+event (`finish_reason: "cancelled"`, `cancel_reason`) and the stored row, and the job's
+task then ends cancelled, as a cancelled task should.
 
 A reader always gets an end, also when the producing instance died (SIGKILL, OOM, a lost
 machine): its lease expires (`STREAM_LEASE_TTL`), the reader marks the stored row
@@ -45,19 +57,18 @@ from ..metrics import Metrics
 from ..tracing import GenerationTrace, part, snapshot_ms
 from ..tracing import begin as begin_timings
 from ..tracing import current as current_timings
+from . import events as ev
 from .admission import Admission
 from .auth import Principal
+from .events import GENERATION_FAILED, PROVIDER_FAILED, StreamEvent, TurnOutcome
+from .leases import Leases
 from .persist import PartialWriter
 from .pii import mask_turn
-from .ratelimit import RateLimiter
-from .streams import Job, ProducerLost, StreamEvent, StreamHub
+from .ratelimit import Limiter, NullLimiter
+from .streams import CancelReason, Job, ProducerLost, StreamHub
 from .usage import billed_usage, check_budget
 
 _HISTORY_ROWS = 40
-# What a client is told when the provider fails. The provider's own text (which can quote
-# keys, prompts, internal addresses) goes to the log only; clients switch on the code.
-PROVIDER_FAILED = "the coach could not answer this time; please ask again"
-GENERATION_FAILED = "the answer could not be generated; please ask again"
 # Finish reasons of rows whose producer died; they replay as `error` `stream_lost`.
 LOST_REASONS = frozenset({"stream_lost", "server_restart"})
 log = logging.getLogger(__name__)
@@ -123,6 +134,70 @@ def validate_question(question: str, *, max_chars: int) -> str:
     return text
 
 
+class Coalescer:
+    """Joins the provider's chunks into `delta` events at most one per `interval_s`
+    (COALESCE_MS): a chunk after a quiet interval goes out at once, the ones that follow
+    it within the interval wait for a timer and leave together."""
+
+    def __init__(self, job: Job, *, interval_s: float) -> None:
+        self._job = job
+        self._interval_s = interval_s
+        self._pending: list[str] = []
+        self._last_emit = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, chunk: str, now: float) -> None:
+        self._pending.append(chunk)
+        if now - self._last_emit >= self._interval_s:
+            self.flush()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._interval_s - (now - self._last_emit), self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending and not self._job.finished:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._job.emit(ev.delta(text))
+            self._last_emit = time.perf_counter()
+
+    def close(self) -> None:
+        """Send what is still pending and drop the timer: the terminal event follows."""
+        self.flush()
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What one generation has produced so far."""
+
+    job: Job
+    coalescer: Coalescer
+    trace: GenerationTrace
+    result: StreamResult = field(default_factory=StreamResult)
+    parts: list[str] = field(default_factory=list)
+    t0: float = field(default_factory=time.perf_counter)
+    first_at: float | None = None
+    last_chunk_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a generation ended, as stored and as its terminal event says."""
+
+    status: str  # complete | interrupted | error
+    finish_reason: str
+    error_code: str | None = None
+    error_message: str = ""
+    cancel_reason: CancelReason | None = None
+
+    @classmethod
+    def cancelled(cls, reason: CancelReason) -> Ending:
+        return cls("interrupted", "cancelled", cancel_reason=reason)
+
+
 class ChatService:
     def __init__(
         self,
@@ -134,11 +209,11 @@ class ChatService:
         retriever: Retrieval | None,
         partials: PartialWriter,
         metrics: Metrics,
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
         admission: Admission | None = None,
         tracer: Any = None,
     ) -> None:
-        self.limiter = limiter
+        self.limiter: Limiter = limiter if limiter is not None else NullLimiter()
         self.admission = admission
         self.tracer = tracer
         self.settings = settings
@@ -163,33 +238,24 @@ class ChatService:
             return await self._admit_and_start(user, req)
 
     async def _admit_and_start(self, user: Principal, req: TurnRequest) -> TurnStarted:
-        return await self.admitted(lambda: self._start_turn(user, req))
+        return await self.admitted(lambda leases: self._start_turn(user, req, leases))
 
-    async def admitted(self, start: Callable[[], Awaitable[TurnStarted]]) -> TurnStarted:
-        """Run `start` under an admission slot (ServerBusy when this process is full) and
-        hand the slot to the generation job it started: turns and regenerations alike."""
-        slot = self.admission.admit() if self.admission is not None else None
-        try:
-            started = await start()
-        except BaseException:
-            if slot is not None:
-                slot.release()
-            raise
-        if slot is not None:
-            job = None if started.replayed else self.hub.local_job(started.message_id)
-            if job is not None and job.task is not None:
-                slot.release_when_done(job.task)
-            else:
-                slot.release()
-        return started
+    async def admitted(self, start: Callable[[Leases], Awaitable[TurnStarted]]) -> TurnStarted:
+        """Run `start` under an admission slot (ServerBusy when this process is full):
+        turns and regenerations alike. `start` adds its stream slot to the leases and
+        hands them to the job it starts; whatever is still held here when it returns or
+        fails (a replay, a refusal) is given back on the way out."""
+        async with Leases() as leases:
+            if self.admission is not None:
+                leases.take(self.admission.admit())
+            return await start(leases)
 
-    async def _start_turn(self, user: Principal, req: TurnRequest) -> TurnStarted:
+    async def _start_turn(self, user: Principal, req: TurnRequest, leases: Leases) -> TurnStarted:
         question = validate_question(req.question, max_chars=self.settings.max_question_chars)
         if self.settings.pii_masking:
             # Before anything is retrieved on, stored, logged or sent to the model.
             question, req = mask_turn(question, req)
-        if self.limiter is not None:
-            await self.limiter.hit("turns", user.user_id)
+        await self.limiter.hit("turns", user.user_id)
         code = user.leadership_type
         conversation = None
         if req.conversation_id is not None or req.report_id is not None:
@@ -218,30 +284,32 @@ class ChatService:
         if self.retriever is not None:
             with part("retrieval", {"linkcoach.leadership_type": code or ""}):
                 passages = list(await self.retriever.search(question, leadership_type=code, k=4))
-        sources = sources_of(passages)
         message_id = uuid.uuid4()
-        if self.limiter is not None:
-            await self.limiter.acquire_stream(user.user_id, str(message_id))
-        try:
-            return await self._store_and_start(
-                user, req, question, code, conversation, passages, sources, message_id
-            )
-        except BaseException:
-            if self.limiter is not None and self.hub.local_job(str(message_id)) is None:
-                await self.limiter.release_stream(user.user_id, str(message_id))
-            raise
+        leases.take(await self.limiter.acquire_stream(user.user_id, str(message_id)))
+        return await self._store_and_start(
+            user=user,
+            req=req,
+            question=question,
+            code=code,
+            conversation=conversation,
+            passages=passages,
+            message_id=message_id,
+            leases=leases,
+        )
 
     async def _store_and_start(
         self,
+        *,
         user: Principal,
         req: TurnRequest,
         question: str,
         code: str | None,
         conversation: asyncpg.Record | None,
         passages: Sequence[PassageLike],
-        sources: list[dict[str, Any]],
         message_id: uuid.UUID,
+        leases: Leases,
     ) -> TurnStarted:
+        sources = sources_of(passages)
         history_rows: list[asyncpg.Record] = []
         if conversation is None:
             conversation_id = uuid.uuid4()
@@ -282,8 +350,6 @@ class ChatService:
                         client_message_id=req.client_message_id,
                     )
                     assert existing is not None
-                    if self.limiter is not None:
-                        await self.limiter.release_stream(user.user_id, str(message_id))
                     return self._replayed(conversation_id, existing[1])
                 await repo.insert_assistant_message(
                     conn,
@@ -314,11 +380,16 @@ class ChatService:
             leadership_code=code,
         )
         started = TurnStarted(str(conversation_id), str(message_id), sources, replayed=False)
-        self.hub.start_job(
-            str(message_id),
-            lambda job: self._generate(job, message_id, started, prompt, user.user_id),
-        )
+        self.start_generation(started=started, prompt=prompt, leases=leases)
         return started
+
+    def start_generation(self, *, started: TurnStarted, prompt: ChatPrompt, leases: Leases) -> Job:
+        """Start the job that writes `started`'s answer; it takes over `leases`."""
+        return self.hub.start_job(
+            started.message_id,
+            lambda job: self._generate(job, started=started, prompt=prompt),
+            leases=leases.hand_over(),
+        )
 
     def _replayed(self, conversation_id: uuid.UUID, reply: asyncpg.Record | None) -> TurnStarted:
         if reply is None:
@@ -326,164 +397,167 @@ class ChatService:
         return TurnStarted(str(conversation_id), str(reply["id"]), reply["sources"], True)
 
     # -- the generation job -----------------------------------------------------------
-    async def _generate(
-        self,
-        job: Job,
-        message_id: uuid.UUID,
-        started: TurnStarted,
-        prompt: ChatPrompt,
-        user_id: str,
-    ) -> None:
-        try:
-            await self._generate_inner(job, message_id, started, prompt)
-        finally:
-            if self.limiter is not None:
-                await asyncio.shield(self.limiter.release_stream(user_id, str(message_id)))
-
-    async def _generate_inner(
-        self, job: Job, message_id: uuid.UUID, started: TurnStarted, prompt: ChatPrompt
-    ) -> None:
+    async def _generate(self, job: Job, *, started: TurnStarted, prompt: ChatPrompt) -> None:
+        """Read the provider, then finalize: store the message and emit its end. A
+        cancelled job is finalized too, then ends cancelled."""
         provider = self.provider.name
         job.emit(
-            "meta",
-            {
-                "conversation_id": started.conversation_id,
-                "message_id": started.message_id,
-                "sources": started.sources,
-                "provider": provider,
-                "model": self.provider.model,
-                **started.meta,
-                "timings": snapshot_ms(),
-            },
+            ev.meta(
+                conversation_id=started.conversation_id,
+                message_id=started.message_id,
+                sources=started.sources,
+                provider=provider,
+                model=self.provider.model,
+                extra=started.meta,
+                timings=snapshot_ms(),
+            )
         )
-        trace = GenerationTrace(
-            provider=provider, model=self.provider.model, message_id=started.message_id
+        progress = _Progress(
+            job=job,
+            coalescer=Coalescer(job, interval_s=self.settings.coalesce_ms / 1000),
+            trace=GenerationTrace(
+                provider=provider, model=self.provider.model, message_id=started.message_id
+            ),
         )
-        stall_s = 2 * self.settings.expected_chunk_gap_ms / 1000
-        loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
-        first_at: float | None = None
-        last_chunk_at = t0
-        parts: list[str] = []
-        pending: list[str] = []
-        last_emit = 0.0
-        flush_handle: asyncio.TimerHandle | None = None
-        coalesce_s = self.settings.coalesce_ms / 1000
-        result = StreamResult()
-
-        def flush() -> None:
-            nonlocal flush_handle, last_emit
-            if flush_handle is not None:
-                flush_handle.cancel()
-                flush_handle = None
-            if pending and not job.finished:
-                text = "".join(pending)
-                pending.clear()
-                job.emit("delta", {"text": text})
-                last_emit = time.perf_counter()
-
-        status, finish_reason, error_code = "complete", "stop", None
-        error_message = ""
         self.metrics.active_generations.inc()
+        cancelled: asyncio.CancelledError | None = None
         try:
-            async with asyncio.timeout(self.settings.llm_total_timeout_s):
-                async for chunk in self.provider.stream(prompt, result):
-                    now = time.perf_counter()
-                    if first_at is None:
-                        first_at = now
-                        self.metrics.ttft_seconds.labels(provider).observe(now - t0)
-                        trace.first_chunk(now - t0)
-                    else:
-                        self.metrics.chunk_gap_seconds.labels(provider).observe(now - last_chunk_at)
-                        if now - last_chunk_at > stall_s:
-                            self.metrics.chunk_stalls.labels(provider).inc()
-                    last_chunk_at = now
-                    parts.append(chunk)
-                    pending.append(chunk)
-                    self.partials.mark(message_id, parts)
-                    if now - last_emit >= coalesce_s:
-                        flush()
-                    elif flush_handle is None:
-                        flush_handle = loop.call_later(coalesce_s - (now - last_emit), flush)
-            finish_reason = result.finish_reason or "stop"
-        except asyncio.CancelledError:
-            status, finish_reason = "interrupted", "cancelled"
-        except TimeoutError:
-            status, finish_reason, error_code = "error", "timeout", "llm_timeout"
-            error_message = "the answer took too long and was stopped"
+            await self._read(progress, message_id=uuid.UUID(started.message_id), prompt=prompt)
+            ending = Ending("complete", progress.result.finish_reason or "stop")
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+            ending = Ending.cancelled(job.cancel_reason or CancelReason.SHUTDOWN)
+        except Exception as exc:  # noqa: BLE001 - a job must always end with an event
+            ending = self._failed(exc, started=started)
+        finally:
+            self.metrics.active_generations.dec()
+        await self._finalize(progress, started=started, prompt=prompt, ending=ending)
+        if cancelled is not None:
+            raise cancelled
+
+    async def _read(
+        self, progress: _Progress, *, message_id: uuid.UUID, prompt: ChatPrompt
+    ) -> None:
+        """Stream the provider's answer into the coalescer, measuring as it comes."""
+        provider = self.provider.name
+        stall_s = 2 * self.settings.expected_chunk_gap_ms / 1000
+        async with asyncio.timeout(self.settings.llm_total_timeout_s):
+            async for chunk in self.provider.stream(prompt, progress.result):
+                now = time.perf_counter()
+                if progress.first_at is None:
+                    progress.first_at = now
+                    self.metrics.ttft_seconds.labels(provider).observe(now - progress.t0)
+                    progress.trace.first_chunk(now - progress.t0)
+                else:
+                    gap = now - progress.last_chunk_at
+                    self.metrics.chunk_gap_seconds.labels(provider).observe(gap)
+                    if gap > stall_s:
+                        self.metrics.chunk_stalls.labels(provider).inc()
+                progress.last_chunk_at = now
+                progress.parts.append(chunk)
+                self.partials.mark(message_id, progress.parts)
+                progress.coalescer.add(chunk, now)
+
+    def _failed(self, exc: Exception, *, started: TurnStarted) -> Ending:
+        """Classify a failed read (metrics, a log line with its traceback)."""
+        provider = self.provider.name
+        extra = {"message_id": started.message_id, "provider": provider}
+        if isinstance(exc, TimeoutError):
             self.metrics.llm_errors.labels(provider, "total_timeout").inc()
-        except LLMError as exc:
-            status, finish_reason, error_code = "error", "error", "llm_error"
-            error_message = PROVIDER_FAILED
+            log.warning("answer stopped by LLM_TOTAL_TIMEOUT", extra=extra, exc_info=exc)
+            return Ending(
+                "error",
+                "timeout",
+                error_code="llm_timeout",
+                error_message="the answer took too long and was stopped",
+                cancel_reason=CancelReason.TIMEOUT,
+            )
+        if isinstance(exc, LLMError):
             self.metrics.llm_errors.labels(provider, exc.kind).inc()
             log.warning(
                 "provider failed during an answer",
-                extra={"message_id": started.message_id, "provider": provider, "kind": exc.kind},
+                extra={**extra, "kind": exc.kind},
                 exc_info=exc,
             )
-        except Exception as exc:  # noqa: BLE001 - a job must always end with an event
-            status, finish_reason, error_code = "error", "error", "internal_error"
-            error_message = GENERATION_FAILED
-            self.metrics.llm_errors.labels(provider, "internal").inc()
-            log.error(
-                "answer generation failed",
-                extra={"message_id": started.message_id, "provider": provider},
-                exc_info=exc,
+            return Ending("error", "error", error_code="llm_error", error_message=PROVIDER_FAILED)
+        self.metrics.llm_errors.labels(provider, "internal").inc()
+        log.error("answer generation failed", extra=extra, exc_info=exc)
+        return Ending(
+            "error", "error", error_code="internal_error", error_message=GENERATION_FAILED
+        )
+
+    async def _finalize(
+        self, progress: _Progress, *, started: TurnStarted, prompt: ChatPrompt, ending: Ending
+    ) -> None:
+        """The one end of every generation: the last delta, usage and metrics, the stored
+        message, then the terminal event."""
+        provider = self.provider.name
+        progress.coalescer.close()
+        message_id = uuid.UUID(started.message_id)
+        content = "".join(progress.parts)
+        self.partials.forget(message_id)
+        billed = billed_usage(
+            progress.result.usage,
+            prompt=prompt,
+            content=content,
+            finished=ending.status == "complete",
+        )
+        usage = billed.as_dict()
+        for kind in ("prompt_tokens", "completion_tokens", "cached_tokens", "thought_tokens"):
+            if usage.get(kind):
+                self.metrics.tokens.labels(provider, kind.split("_")[0]).inc(usage[kind] or 0)
+        if billed.estimated:
+            self.metrics.usage_estimated.labels(provider).inc()
+        first_at = progress.first_at
+        progress.trace.end(
+            finish_reason=ending.finish_reason,
+            usage=usage,
+            chunks=len(progress.parts),
+            error_code=ending.error_code,
+        )
+        store = self._finish(
+            message_id,
+            content=content,
+            status=ending.status,
+            finish_reason=ending.finish_reason,
+            error_code=ending.error_code,
+            cancel_reason=ending.cancel_reason,
+            usage=usage,
+            ttft_ms=int((first_at - progress.t0) * 1000) if first_at is not None else None,
+            latency_ms=int((time.perf_counter() - progress.t0) * 1000),
+            billed=billed,
+        )
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            # The final write must land even if this task is cancelled again meanwhile.
+            await asyncio.shield(store)
+        except asyncio.CancelledError as exc:
+            # Cancelled while storing (a shutdown past its grace): the write goes on, and
+            # the stream still gets its end before the job stops.
+            cancelled = exc
+        if ending.status == "error":
+            assert ending.error_code is not None
+            progress.job.emit(
+                ev.error(
+                    code=ending.error_code,
+                    message=ending.error_message,
+                    message_id=started.message_id,
+                    partial=bool(content),
+                )
             )
-        finally:
-            self.metrics.active_generations.dec()
-            flush()
-            content = "".join(parts)
-            self.partials.forget(message_id)
-            billed = billed_usage(
-                result.usage, prompt=prompt, content=content, finished=status == "complete"
-            )
-            usage = billed.as_dict()
-            for kind in ("prompt_tokens", "completion_tokens", "cached_tokens", "thought_tokens"):
-                if usage.get(kind):
-                    self.metrics.tokens.labels(provider, kind.split("_")[0]).inc(usage[kind] or 0)
-            if billed.estimated:
-                self.metrics.usage_estimated.labels(provider).inc()
-            ttft_ms = int((first_at - t0) * 1000) if first_at is not None else None
-            latency_ms = int((time.perf_counter() - t0) * 1000)
-            trace.end(
-                finish_reason=finish_reason, usage=usage, chunks=len(parts), error_code=error_code
-            )
-            # The final write must land even if this task is being cancelled again.
-            await asyncio.shield(
-                self._finish(
-                    message_id,
-                    content=content,
-                    status=status,
-                    finish_reason=finish_reason,
-                    error_code=error_code,
+        else:
+            progress.job.emit(
+                ev.done(
+                    message_id=started.message_id,
+                    finish_reason=ending.finish_reason,
                     usage=usage,
-                    ttft_ms=ttft_ms,
-                    latency_ms=latency_ms,
-                    billed=billed,
+                    provider=provider,
+                    status=ending.status,
+                    cancel_reason=ending.cancel_reason,
                 )
             )
-            if status == "error":
-                job.emit(
-                    "error",
-                    {
-                        "code": error_code,
-                        "message": error_message,
-                        "message_id": started.message_id,
-                        "partial": bool(content),
-                    },
-                )
-            else:
-                job.emit(
-                    "done",
-                    {
-                        "message_id": started.message_id,
-                        "finish_reason": finish_reason,
-                        "usage": usage,
-                        "provider": provider,
-                        "status": status,
-                    },
-                )
+        if cancelled is not None:
+            raise cancelled
 
     async def _finish(
         self, message_id: uuid.UUID, *, billed: Usage | None = None, **fields: Any
@@ -543,25 +617,25 @@ class ChatService:
             # the stored message. A client that had part of it gets the whole text again
             # under new ids, with `replay: true` in `meta` telling it to replace what it
             # shows.
-            for ev in replay_from_row(row):
-                yield StreamEvent(ev.id + after, ev.event, ev.data)
+            for event in replay_from_row(row):
+                yield event.at(event.id + after)
             return
         while True:
             try:
-                async for ev in self.hub.follow(mid, after):
-                    after = ev.id
-                    yield ev
+                async for event in self.hub.follow(mid, after):
+                    after = event.id
+                    yield event
                 return
             except ProducerLost:
                 row = await self._interrupt_lost(row["id"])
             if row["status"] == "streaming":
                 continue  # written to within the last lease period: not presumed dead
             if row["finish_reason"] in LOST_REASONS:
-                yield stream_lost(after + 1, mid, partial=bool(row["content"]))
+                yield ev.stream_lost(message_id=mid, partial=bool(row["content"])).at(after + 1)
             else:
                 # It ended normally, but the end never reached the buffer.
-                for ev in replay_from_row(row):
-                    yield StreamEvent(ev.id + after, ev.event, ev.data)
+                for event in replay_from_row(row):
+                    yield event.at(event.id + after)
             return
 
     async def _interrupt_lost(self, message_id: uuid.UUID) -> asyncpg.Record:
@@ -591,84 +665,46 @@ class ChatService:
         }
 
 
-def stream_lost(event_id: int, message_id: str, *, partial: bool) -> StreamEvent:
-    """The end of a stream whose producer died, live or replayed."""
-    return StreamEvent(
-        event_id,
-        "error",
-        {
-            "code": "stream_lost",
-            "message": "the instance generating this answer stopped; "
-            "the stored message keeps what was generated",
-            "message_id": message_id,
-            "partial": partial,
-        },
-    )
-
-
 def replay_from_row(row: asyncpg.Record) -> list[StreamEvent]:
     """A finished message replayed as a stream: meta, one delta, then done or error."""
     mid = str(row["id"])
+    partial = bool(row["content"])
     events = [
-        StreamEvent(
-            1,
-            "meta",
-            {
-                "conversation_id": str(row["conversation_id"]),
-                "message_id": mid,
-                "sources": row["sources"],
-                "provider": row["provider"],
-                "model": row["model"],
-                "replay": True,
-            },
+        ev.meta(
+            conversation_id=str(row["conversation_id"]),
+            message_id=mid,
+            sources=row["sources"],
+            provider=row["provider"],
+            model=row["model"],
+            replay=True,
         )
     ]
     if row["content"]:
-        events.append(StreamEvent(2, "delta", {"text": row["content"]}))
-    last = len(events) + 1
+        events.append(ev.delta(row["content"]))
     if row["status"] == "interrupted" and row["finish_reason"] in LOST_REASONS:
-        events.append(stream_lost(last, mid, partial=bool(row["content"])))
+        events.append(ev.stream_lost(message_id=mid, partial=partial))
     elif row["status"] == "error":
         events.append(
-            StreamEvent(
-                last,
-                "error",
-                {
-                    "code": row["error_code"] or "llm_error",
-                    "message": PROVIDER_FAILED
-                    if (row["error_code"] or "llm_error") == "llm_error"
-                    else GENERATION_FAILED,
-                    "message_id": mid,
-                    "partial": bool(row["content"]),
-                },
-            )
+            ev.failed(code=row["error_code"] or "llm_error", message_id=mid, partial=partial)
         )
     else:
         events.append(
-            StreamEvent(
-                last,
-                "done",
-                {
-                    "message_id": mid,
-                    "finish_reason": row["finish_reason"],
-                    "usage": {
-                        "prompt_tokens": row["prompt_tokens"],
-                        "completion_tokens": row["completion_tokens"],
-                        "total_tokens": row["total_tokens"],
-                    },
-                    "provider": row["provider"],
-                    "status": row["status"],
+            ev.done(
+                message_id=mid,
+                finish_reason=row["finish_reason"],
+                usage={
+                    "prompt_tokens": row["prompt_tokens"],
+                    "completion_tokens": row["completion_tokens"],
+                    "total_tokens": row["total_tokens"],
                 },
+                provider=row["provider"],
+                status=row["status"],
+                cancel_reason=row["cancel_reason"],
             )
         )
-    return events
+    return [event.at(i) for i, event in enumerate(events, start=1)]
 
 
-async def collect(events: AsyncIterator[StreamEvent]) -> tuple[str, list[StreamEvent]]:
-    text: list[str] = []
-    seen: list[StreamEvent] = []
-    async for ev in events:
-        seen.append(ev)
-        if ev.event == "delta":
-            text.append(ev.data["text"])
-    return "".join(text), seen
+async def collect(events: AsyncIterator[StreamEvent]) -> TurnOutcome:
+    """A whole turn, read to its end."""
+    return TurnOutcome.of([event async for event in events])

@@ -6,6 +6,10 @@
 - Stream slots are a sorted set per user (member = message id, score = lease expiry).
   Taking a slot drops expired leases first, so an instance that died with slots held
   cannot lock a user out for longer than one lease.
+- A slot is a `StreamSlot` lease, handed by the turn to its generation job, which gives
+  it back when it ends (`leases.py`).
+- With no limits configured the service is given `NullLimiter`: same calls, nothing
+  refused, so callers never ask whether there is a limiter.
 - When Redis fails, the same limits run in this process's memory (logged, counted): a
   limit per instance is better than none, and a Redis outage must not become an outage
   of the API.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -75,6 +80,41 @@ class Limit:
     @property
     def rate(self) -> float:
         return self.per_minute / 60.0
+
+
+class StreamSlot:
+    """One of a user's concurrent-stream slots; `release` is idempotent."""
+
+    __slots__ = ("_limiter", "_released", "message_id", "user_id")
+
+    def __init__(self, limiter: RateLimiter | None, *, user_id: str, message_id: str) -> None:
+        self._limiter = limiter
+        self.user_id = user_id
+        self.message_id = message_id
+        self._released = limiter is None
+
+    async def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        assert self._limiter is not None
+        await self._limiter._release_stream(self.user_id, self.message_id)
+
+
+class Limiter(Protocol):
+    async def hit(self, scope: str, ident: str) -> None: ...
+
+    async def acquire_stream(self, user_id: str, message_id: str) -> StreamSlot: ...
+
+
+class NullLimiter:
+    """No limits: every hit passes and every stream slot is free."""
+
+    async def hit(self, scope: str, ident: str) -> None:
+        return None
+
+    async def acquire_stream(self, user_id: str, message_id: str) -> StreamSlot:
+        return StreamSlot(None, user_id=user_id, message_id=message_id)
 
 
 class RateLimiter:
@@ -138,9 +178,11 @@ class RateLimiter:
         self._local_buckets[key] = (tokens, now)
         return False, (1 - tokens) / limit.rate
 
-    async def acquire_stream(self, user_id: str, message_id: str) -> None:
+    async def acquire_stream(self, user_id: str, message_id: str) -> StreamSlot:
+        """A stream slot for this message (or RateLimited when the user holds them all),
+        to be released by whoever ends up owning it."""
         if self.max_streams <= 0:
-            return
+            return StreamSlot(None, user_id=user_id, message_id=message_id)
         key = f"{self.prefix}slots:{user_id}"
         now = time.time()
         try:
@@ -164,8 +206,9 @@ class RateLimiter:
                 retry_after=1.0,
                 code="too_many_streams",
             )
+        return StreamSlot(self, user_id=user_id, message_id=message_id)
 
-    async def release_stream(self, user_id: str, message_id: str) -> None:
+    async def _release_stream(self, user_id: str, message_id: str) -> None:
         if self.max_streams <= 0:
             return
         key = f"{self.prefix}slots:{user_id}"

@@ -105,7 +105,7 @@ from ..metrics import Metrics
 from ..ml.classifier import ITEM_IDS, LeadershipClassifier, scores_from_answers
 from .auth import Principal
 from .pii import mask_pii, mask_tree
-from .ratelimit import RateLimiter
+from .ratelimit import Limiter, NullLimiter
 
 log = logging.getLogger(__name__)
 
@@ -874,12 +874,12 @@ class ReportService:
         provider: LLMProvider,
         retriever: Retrieval | None,
         metrics: Metrics,
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
         classifier: LeadershipClassifier | None = None,
         knowledge: ReportKnowledge | None = None,
     ) -> None:
         self.settings = settings
-        self.limiter = limiter
+        self.limiter: Limiter = limiter if limiter is not None else NullLimiter()
         self.pool = pool
         self.redis = redis
         self.provider = provider
@@ -1186,8 +1186,6 @@ class ReportService:
 
     async def _charge(self, inputs: ReportInputs) -> None:
         """Take one generation from the user's hourly budget, or refuse with 429."""
-        if self.limiter is None:
-            return
         try:
             await self.limiter.hit("reports", inputs.user_id)
         except RateLimited as exc:

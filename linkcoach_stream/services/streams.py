@@ -13,7 +13,9 @@ and is kept twice:
 Writes to Redis are batched by one writer task for all jobs (one pipeline per batch), so
 a chunk never waits for Redis and thousands of streams cost few round trips. A cancel
 request that reaches an instance without the job is published on `{prefix}cancel`; every
-instance listens and cancels the job if it owns it.
+instance listens and cancels the job if it owns it. Whoever cancels a job names why
+(`CancelReason`: `user` here, `remote` from the channel, `shutdown` from `drain`); the job
+reads it when the cancellation reaches it.
 
 A running job holds a lease, the key `{prefix}live:{message_id}` with a TTL of
 `STREAM_LEASE_TTL` (10 s), renewed every third of it and deleted right after the terminal
@@ -45,40 +47,40 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .events import StreamEvent
+from .leases import Leases
+
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset({"done", "error"})
 _LOCAL_RETENTION_S = 30.0
 _READ_BLOCK_MS = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class StreamEvent:
-    id: int
-    event: str
-    data: dict[str, Any]
-    # `data` as JSON, encoded once and shared by the Redis log and every SSE reader.
-    raw: bytes | None = field(default=None, compare=False, repr=False)
+class LeaseMark(Enum):
+    """A change of a job's lease, queued for the batched writer next to its events (so
+    the lease is written before them and dropped after them). Never an event: it does
+    not reach a stream or its log."""
 
-    def encoded(self) -> bytes:
-        raw = self.raw
-        if raw is None:
-            # orjson hands back its whole output buffer (4 KB for a 200-byte event);
-            # an event is kept for the life of its stream, so keep an exact-size copy.
-            raw = bytes(memoryview(orjson.dumps(self.data, option=orjson.OPT_NON_STR_KEYS)))
-            object.__setattr__(self, "raw", raw)
-        return raw
+    HELD = "held"
+    RELEASED = "released"
 
-    @property
-    def terminal(self) -> bool:
-        return self.event in TERMINAL
+
+class CancelReason(StrEnum):
+    """Why a generation was cancelled; it ends as `finish_reason: "cancelled"` with this
+    as `cancel_reason` (stream and stored row), except `timeout`, which ends as an
+    `error` `llm_timeout` as it always has and is only stored."""
+
+    USER = "user"  # a cancel request reached the instance running the job
+    REMOTE = "remote"  # a cancel request reached another instance, which published it
+    SHUTDOWN = "shutdown"  # the server stopped and the job outlived the grace period
+    TIMEOUT = "timeout"  # LLM_TOTAL_TIMEOUT
 
 
 class ProducerLost(Exception):
@@ -98,12 +100,30 @@ class Job:
         self.events: list[StreamEvent] = []
         self.finished = False
         self.task: asyncio.Task[None] | None = None
+        # Set by whoever cancels the task, before it does: the job reads it when the
+        # cancellation reaches it.
+        self.cancel_reason: CancelReason | None = None
         self._changed = asyncio.Event()
 
-    def emit(self, event: str, data: dict[str, Any]) -> StreamEvent:
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def cancel(self, reason: CancelReason) -> bool:
+        """Cancel the job's task for `reason`; False when it has already ended."""
+        if not self.running:
+            return False
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        assert self.task is not None
+        self.task.cancel()
+        return True
+
+    def emit(self, event: StreamEvent) -> StreamEvent:
+        """Append an event (made by `events.py`) under the job's next id."""
         if self.finished:
             raise RuntimeError("job already finished")
-        ev = StreamEvent(len(self.events) + 1, event, data)
+        ev = event.at(len(self.events) + 1)
         self.events.append(ev)
         if ev.terminal:
             self.finished = True
@@ -145,9 +165,10 @@ class StreamHub:
         self._lease_ms = max(1, int(lease_ttl_s * 1000))
         self.flush_interval_s = flush_interval_s
         self.jobs: dict[str, Job] = {}
-        self._outbox: list[tuple[str, StreamEvent]] = []
+        self._outbox: list[tuple[str, StreamEvent | LeaseMark]] = []
         self._outbox_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Redis calls that failed (exported by `/metrics` as linkcoach_stream_redis_failures).
         self.redis_failures = 0
 
     # -- keys -------------------------------------------------------------------------
@@ -174,8 +195,9 @@ class StreamHub:
         running = [j.task for j in self.jobs.values() if j.task and not j.task.done()]
         if running:
             _, pending = await asyncio.wait(running, timeout=grace_s)
-            for task in pending:
-                task.cancel()
+            for job in list(self.jobs.values()):
+                if job.task in pending:
+                    job.cancel(CancelReason.SHUTDOWN)
             if pending:
                 await asyncio.wait(pending, timeout=5)
 
@@ -190,7 +212,15 @@ class StreamHub:
         self._tasks = []
 
     # -- jobs -------------------------------------------------------------------------
-    def start_job(self, message_id: str, runner: Callable[[Job], Awaitable[None]]) -> Job:
+    def start_job(
+        self,
+        message_id: str,
+        runner: Callable[[Job], Awaitable[None]],
+        *,
+        leases: Leases | None = None,
+    ) -> Job:
+        """Run `runner` as the job of `message_id`. The job owns `leases` (the slots its
+        turn took) and gives them back when it ends, however it ends."""
         job = Job(self, message_id)
         self.jobs[message_id] = job
 
@@ -198,6 +228,8 @@ class StreamHub:
             try:
                 await runner(job)
             finally:
+                if leases is not None:
+                    await asyncio.shield(leases.release())
                 self._mark_live(message_id, alive=False)
                 asyncio.get_running_loop().call_later(
                     _LOCAL_RETENTION_S, self.jobs.pop, message_id, None
@@ -213,8 +245,7 @@ class StreamHub:
     async def cancel(self, message_id: str) -> bool:
         """Stop a generation wherever it runs. True when this process owned it."""
         job = self.jobs.get(message_id)
-        if job is not None and job.task is not None and not job.task.done():
-            job.task.cancel()
+        if job is not None and job.cancel(CancelReason.USER):
             return True
         try:
             await self.redis.publish(self._cancel_channel, message_id)
@@ -302,12 +333,12 @@ class StreamHub:
                     return
 
     # -- Redis side -------------------------------------------------------------------
-    def _enqueue(self, message_id: str, ev: StreamEvent) -> None:
-        self._outbox.append((message_id, ev))
+    def _enqueue(self, message_id: str, item: StreamEvent | LeaseMark) -> None:
+        self._outbox.append((message_id, item))
         self._outbox_ready.set()
 
     def _mark_live(self, message_id: str, *, alive: bool) -> None:
-        self._enqueue(message_id, StreamEvent(0, "_live" if alive else "_dead", {}))
+        self._enqueue(message_id, LeaseMark.HELD if alive else LeaseMark.RELEASED)
 
     async def _flush(self) -> None:
         if not self._outbox:
@@ -315,12 +346,13 @@ class StreamHub:
         batch, self._outbox = self._outbox, []
         pipe = self.redis.pipeline(transaction=False)
         for message_id, ev in batch:
-            if ev.event == "_live":
+            if ev is LeaseMark.HELD:
                 pipe.set(self._lease_key(message_id), b"1", px=self._lease_ms)
                 continue
-            if ev.event == "_dead":
+            if ev is LeaseMark.RELEASED:
                 pipe.delete(self._lease_key(message_id))
                 continue
+            assert isinstance(ev, StreamEvent)
             key = self._events_key(message_id)
             pipe.xadd(
                 key,
@@ -378,8 +410,8 @@ class StreamHub:
                     data = message.get("data")
                     message_id = data.decode() if isinstance(data, bytes) else str(data)
                     job = self.jobs.get(message_id)
-                    if job is not None and job.task is not None and not job.task.done():
-                        job.task.cancel()
+                    if job is not None:
+                        job.cancel(CancelReason.REMOTE)
             except (RedisError, OSError):
                 self.redis_failures += 1
                 await asyncio.sleep(backoff)

@@ -215,6 +215,40 @@ async def test_a_history_the_server_never_stored_starts_a_new_conversation(
     assert len(newest) == 2
 
 
+async def test_the_model_answers_from_the_widgets_history_not_the_stored_one(
+    http: httpx.AsyncClient, provider: RecordingProvider
+) -> None:
+    user = await make_user(http)
+    # A history this server never stored: the model still gets all of it.
+    old_chat = [
+        {"role": "assistant", "content": GREETING},
+        {"role": "user", "content": "예전 서버에서 한 질문: 주간 회의를 줄이고 싶어요"},
+        {"role": "assistant", "content": "예전 서버의 답변: 안건을 미리 나눠 보세요"},
+    ]
+    r = await http.post(
+        "/chat",
+        json={"question": "그 방법을 더 알려 주세요", "conversationHistory": old_chat},
+        headers=user.headers,
+    )
+    assert r.status_code == 200, r.text
+    assert [(t.role, t.content) for t in provider.prompts[-1].history] == [
+        (m["role"], m["content"]) for m in old_chat[1:]
+    ]
+    # A continued chat whose earlier answer the widget shows edited: the model reads what
+    # the user sees, not the stored text.
+    widget = Widget(http, user)
+    for i in range(2):
+        assert (await widget.ask(f"질문 {i}: 팀원 칭찬은 언제 할까요?")).status_code == 200
+    stored_answer = widget.messages[2]["content"]
+    edited = stored_answer.replace(".", "!").replace(" ", "  ", 3)
+    assert edited != stored_answer
+    widget.messages[2]["content"] = edited
+    assert (await widget.ask("그럼 공개적으로 칭찬해도 되나요?")).status_code == 200
+    assert len(await conversations(http, user)) == 2  # the edited chat was continued
+    history = [t.content for t in provider.prompts[-1].history]
+    assert edited in history and stored_answer not in history
+
+
 async def test_another_users_conversation_is_never_continued(http: httpx.AsyncClient) -> None:
     alice, bob = await make_user(http), await make_user(http)
     widget = Widget(http, alice)

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from linkcoach_stream.config import Settings
 from tests.conftest import (
     RunningServer,
     ServerProcess,
@@ -18,6 +20,7 @@ from tests.conftest import (
     make_user,
     read_sse,
     text_of,
+    until,
 )
 
 STREAM = "/api/v1/coaching/query/stream"
@@ -70,10 +73,7 @@ async def test_cancel_sent_to_another_instance_stops_the_generation(
     async with gclient.stream("POST", STREAM, json={"question": q}, headers=user.headers) as r:
         events: list = []
         reader = asyncio.create_task(read_sse(r, on_event=events))
-        while len(events) < 1:
-            await asyncio.sleep(0.05)
-            if reader.done():
-                break
+        await until(lambda: bool(events), what="the meta event", task=reader)
         await asyncio.sleep(0.3)
         mid = events[0].data["message_id"] if events else None
         assert mid
@@ -83,11 +83,15 @@ async def test_cancel_sent_to_another_instance_stops_the_generation(
         assert c.json()["local"] is False
         await asyncio.wait_for(reader, 15)
     assert events[-1].event == "done"
+    # Asked on the second instance, cancelled by the first: a remote cancel.
     assert events[-1].data["finish_reason"] == "cancelled"
+    assert events[-1].data["cancel_reason"] == "remote"
     conn = await asyncpg.connect(gemini_server.settings.database_url)
-    row = await conn.fetchrow("SELECT content, status FROM messages WHERE id = $1", uuid.UUID(mid))
+    row = await conn.fetchrow(
+        "SELECT content, status, cancel_reason FROM messages WHERE id = $1", uuid.UUID(mid)
+    )
     await conn.close()
-    assert row["status"] == "interrupted"
+    assert row["status"] == "interrupted" and row["cancel_reason"] == "remote"
     assert row["content"] == text_of(events)
     assert len(row["content"]) < 300 * 7
 
@@ -108,3 +112,82 @@ async def test_a_finished_answer_replays_on_the_other_instance(
             replay = await read_sse(r)
     assert [(e.id, e.event) for e in replay] == [(e.id, e.event) for e in events]
     assert text_of(replay) == text_of(events)
+
+
+async def _expire_buffer(settings: Settings, message_id: str) -> None:
+    """Let Redis expire the stream's event log, as STREAM_BUFFER_TTL does, once the
+    batched writer has put the terminal event in it (it would recreate the key)."""
+    redis = aioredis.from_url(settings.redis_url)
+    key = f"{settings.redis_prefix}ev:{message_id}"
+    try:
+        for _ in range(250):
+            last = await redis.xrevrange(key, count=1)
+            if last and last[0][1][b"e"] in (b"done", b"error"):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the terminal event never reached the event log")
+        await redis.pexpire(key, 1)
+        for _ in range(250):
+            if not await redis.exists(key):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the event log did not expire")
+    finally:
+        await redis.aclose()
+
+
+async def test_an_answer_replays_from_its_stored_row_once_its_buffer_expired(
+    gemini_server: RunningServer, gclient: httpx.AsyncClient, second_instance: ServerProcess
+) -> None:
+    user = await make_user(gclient)
+    async with gclient.stream(
+        "POST", STREAM, json={"question": "버퍼가 만료된 뒤의 재생"}, headers=user.headers
+    ) as r:
+        live = await read_sse(r)
+    mid = live[0].data["message_id"]
+    await _expire_buffer(gemini_server.settings, mid)
+    url = f"/api/v1/coaching/streams/{mid}"
+    async with httpx.AsyncClient(base_url=second_instance.url, timeout=30) as other:
+        async with other.stream("GET", url, headers=user.headers) as r:
+            replay = await read_sse(r)
+        async with other.stream("GET", url, headers={**user.headers, "Last-Event-ID": "4"}) as r:
+            after = await read_sse(r)
+    # The whole stored text in one delta, under `replay: true`, ending as it ended live.
+    assert [(e.id, e.event) for e in replay] == [(1, "meta"), (2, "delta"), (3, "done")]
+    assert replay[0].data["replay"] is True and replay[0].data["message_id"] == mid
+    assert replay[0].data["sources"] == live[0].data["sources"]
+    assert replay[1].data["text"] == text_of(live) != ""
+    for field in ("finish_reason", "status", "provider"):
+        assert replay[2].data[field] == live[-1].data[field], field
+    # A client that had part of it gets the whole text again under ids after its own.
+    assert [e.id for e in after] == [5, 6, 7]
+    assert text_of(after) == text_of(live)
+
+
+async def test_a_cancelled_answer_replayed_from_its_row_keeps_its_cancel_reason(
+    gemini_server: RunningServer, gclient: httpx.AsyncClient, second_instance: ServerProcess
+) -> None:
+    user = await make_user(gclient)
+    q = "취소 후 재생 [[emulator:chunks=200,chunk_interval_ms=30]]"
+    async with gclient.stream("POST", STREAM, json={"question": q}, headers=user.headers) as r:
+        events: list = []
+        reader = asyncio.create_task(read_sse(r, on_event=events))
+        await until(lambda: len(events) >= 3, what="three events", task=reader)
+        mid = events[0].data["message_id"]
+        c = await gclient.post(f"/api/v1/coaching/streams/{mid}/cancel", headers=user.headers)
+        assert c.status_code == 202 and c.json()["local"] is True
+        await asyncio.wait_for(reader, 15)
+    assert events[-1].data["cancel_reason"] == "user"
+    await _expire_buffer(gemini_server.settings, mid)
+    async with httpx.AsyncClient(base_url=second_instance.url, timeout=30) as other:
+        async with other.stream(
+            "GET", f"/api/v1/coaching/streams/{mid}", headers=user.headers
+        ) as r:
+            replay = await read_sse(r)
+    assert replay[0].data["replay"] is True
+    assert text_of(replay) == text_of(events)
+    assert replay[-1].event == "done"
+    assert replay[-1].data["status"] == "interrupted"
+    assert replay[-1].data["finish_reason"] == "cancelled"
+    assert replay[-1].data["cancel_reason"] == "user"

@@ -28,6 +28,7 @@ from tests.conftest import (
     read_sse,
     serving,
     text_of,
+    until,
 )
 
 QUERY = "/api/v1/coaching/query"
@@ -295,8 +296,7 @@ async def test_regenerating_while_the_answer_still_streams_is_a_409(
     ) as s:
         events: list[SSE] = []
         reading = asyncio.create_task(read_sse(s, on_event=events))
-        while not events:
-            await asyncio.sleep(0.02)
+        await until(lambda: bool(events), what="the meta event", task=reading)
         mid = events[0].data["message_id"]
         r = await gclient.post(regen_url(mid), headers=user.headers)
         assert r.status_code == 409, r.text
@@ -322,8 +322,7 @@ async def test_a_regeneration_is_cancelled_and_resumed_like_a_turn(
     ) as first_stream:
         first: list[SSE] = []
         reading = asyncio.create_task(read_sse(first_stream, on_event=first))
-        while not first:
-            await asyncio.sleep(0.02)
+        await until(lambda: bool(first), what="the meta event", task=reading)
         turn = first[0].data
         c = await gclient.post(
             f"/api/v1/coaching/streams/{turn['message_id']}/cancel", headers=user.headers
@@ -333,8 +332,11 @@ async def test_a_regeneration_is_cancelled_and_resumed_like_a_turn(
     async with gclient.stream("POST", regen_url(turn["message_id"]), headers=user.headers) as r:
         events: list[SSE] = []
         reading = asyncio.create_task(read_sse(r, on_event=events))
-        while len([e for e in events if e.event == "delta"]) < 3:
-            await asyncio.sleep(0.02)
+        await until(
+            lambda: len([e for e in events if e.event == "delta"]) >= 3,
+            what="three deltas",
+            task=reading,
+        )
         new_id = events[0].data["message_id"]
         # A second reader resumes the same regeneration from an event id.
         async with gclient.stream(
@@ -350,6 +352,7 @@ async def test_a_regeneration_is_cancelled_and_resumed_like_a_turn(
         await asyncio.wait_for(reading, 20)
     assert events[-1].event == "done" and events[-1].data["status"] == "interrupted"
     assert tail[0].id == 3 and tail[-1].data["finish_reason"] == "cancelled"
+    assert tail[-1].data["cancel_reason"] == "user"
     (answer,) = [m for m in await shown(gclient, user, turn["conversation_id"]) if m["reply_to"]]
     assert answer["id"] == new_id and answer["status"] == "interrupted"
     assert answer["content"] == text_of(events) and answer["version"] == 2
@@ -460,8 +463,7 @@ async def test_regenerations_count_against_the_stream_cap_and_the_turn_limit(
         ) as s:
             events: list[SSE] = []
             reading = asyncio.create_task(read_sse(s, on_event=events))
-            while not events:
-                await asyncio.sleep(0.02)
+            await until(lambda: bool(events), what="the meta event", task=reading)
             r = await c.post(regen_url(turn["message_id"]), headers=user.headers)
             assert r.status_code == 429, r.text
             assert r.json()["error"]["code"] == "too_many_streams"

@@ -22,6 +22,7 @@ from tests.conftest import (
     read_sse,
     start_server,
     stop_server,
+    until,
 )
 
 USAGE = "/api/v1/usage"
@@ -113,8 +114,7 @@ async def test_a_cancelled_turn_records_an_estimate_marked_as_such(
     ) as r:
         events: list = []
         reading = asyncio.create_task(read_sse(r, on_event=events))
-        while len(events) < 3:
-            await asyncio.sleep(0.02)
+        await until(lambda: len(events) >= 3, what="three events", task=reading)
         message_id = events[0].data["message_id"]
         c = await gclient.post(
             f"/api/v1/coaching/streams/{message_id}/cancel", headers=user.headers
@@ -123,6 +123,7 @@ async def test_a_cancelled_turn_records_an_estimate_marked_as_such(
         rest = await reading
     done = rest[-1]
     assert done.event == "done" and done.data["finish_reason"] == "cancelled"
+    assert done.data["cancel_reason"] == "user"
     assert done.data["usage"]["estimated"] is True
     assert done.data["usage"]["completion_tokens"] > 0
     row = (await message_rows(gemini_server.settings, user.user_id))[0]

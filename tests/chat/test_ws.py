@@ -173,6 +173,7 @@ async def test_ws_cancel_stops_generation_and_keeps_partial(
         frames = await until_terminal(ws, mid)
     done = frames[-1]
     assert done["type"] == "done" and done["finish_reason"] == "cancelled"
+    assert done["cancel_reason"] == "user"
     assert any(f["type"] == "cancel_ack" for f in frames)
     text = "".join(f["text"] for f in got + frames if f["type"] == "delta")
     conn = await asyncpg.connect(gemini_server.settings.database_url)

@@ -18,7 +18,7 @@ from linkcoach_stream.cli import serve_options
 from linkcoach_stream.config import Settings
 from linkcoach_stream.server import GuardedHttpToolsProtocol
 
-from ..conftest import API_KEY, free_port
+from ..conftest import API_KEY, free_port, until
 
 HEADER_TIMEOUT = 0.6
 BODY_TIMEOUT = 0.8
@@ -37,10 +37,7 @@ async def serve_like_the_cli(settings: Settings) -> AsyncIterator[tuple[str, int
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
+        await until(lambda: server.started, what="the server's start", task=task)
         yield f"http://127.0.0.1:{options['port']}", options["port"]
     finally:
         server.should_exit = True

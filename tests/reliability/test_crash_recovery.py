@@ -30,6 +30,7 @@ from tests.conftest import (
     read_sse,
     serving,
     text_of,
+    until,
 )
 
 STREAM = "/api/v1/coaching/query/stream"
@@ -85,8 +86,7 @@ async def test_sigkilled_producer_resume_retry_and_ws_end_with_stream_lost_withi
             events: list[SSE] = []
             async with client.stream("POST", STREAM, json=body, headers=user.headers) as r:
                 reader = asyncio.create_task(read_sse(r, on_event=events))
-                while len(events) < 6 and not reader.done():
-                    await asyncio.sleep(0.02)
+                await until(lambda: len(events) >= 6, what="six events", task=reader)
                 assert first.proc is not None
                 first.proc.kill()
                 killed_at = time.monotonic()

@@ -24,6 +24,7 @@ from tests.conftest import (
     start_server,
     stop_server,
     text_of,
+    until,
 )
 
 STREAM = "/api/v1/coaching/query/stream"
@@ -69,6 +70,13 @@ class RedisProcess:
             await self.proc.wait()
 
 
+async def _metric(client: httpx.AsyncClient, name: str) -> float:
+    r = await client.get("/metrics")
+    assert r.status_code == 200
+    (line,) = [ln for ln in r.text.splitlines() if ln.split(" ")[0] == name]
+    return float(line.split(" ")[1])
+
+
 async def _row(dsn: str, message_id: str) -> asyncpg.Record:
     conn = await asyncpg.connect(dsn)
     try:
@@ -91,8 +99,7 @@ async def stream_through_fault(
         "POST", STREAM, json={"question": question}, headers=user.headers
     ) as r:
         reader = asyncio.create_task(read_sse(r, on_event=events))
-        while len(events) < 5:
-            await asyncio.sleep(0.02)
+        await until(lambda: len(events) >= 5, what="five events", task=reader)
         await fault()
         await asyncio.wait_for(reader, 20)
     return events
@@ -119,12 +126,15 @@ async def test_redis_stopped_and_restarted_while_streams_run(
     try:
         async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
             user = await make_user(client)
+            assert await _metric(client, "linkcoach_stream_redis_failures") == 0
             q = "레디스 장애 중 스트림 [[emulator:chunks=60,chunk_interval_ms=30]]"
             events = await stream_through_fault(client, user, q, own_redis.stop)
             # The stream ran to the end on the local path; nothing stored is lost.
             assert events[-1].event == "done"
             row = await _row(settings.database_url, events[0].data["message_id"])
             assert row["status"] == "complete" and row["content"] == text_of(events)
+            # The event writes Redis refused are counted where an operator looks.
+            assert await _metric(client, "linkcoach_stream_redis_failures") > 0
             # While Redis is down the service still answers and says what is down.
             ready = await client.get("/ready")
             assert ready.status_code == 503 and ready.json()["error"]["down"] == ["redis"]
@@ -238,7 +248,10 @@ async def test_sigterm_mid_stream_sends_server_shutdown_and_the_answer_can_be_re
                 headers={**user.headers, "Last-Event-ID": str(last.data["last_event_id"])},
             ) as r:
                 rest = await read_sse(r)
+        # Cut by the shutdown, not by anyone's cancel: the end and the row say so.
         assert rest[-1].event == "done" and rest[-1].data["finish_reason"] == "cancelled"
+        assert rest[-1].data["cancel_reason"] == "shutdown"
+        assert row["cancel_reason"] == "shutdown"
         assert text_of(events) + text_of(rest) == row["content"]
     finally:
         await proc.stop()

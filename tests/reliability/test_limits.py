@@ -8,7 +8,15 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import RunningServer, client_of, gemini_settings, make_user, read_sse, serving
+from tests.conftest import (
+    RunningServer,
+    client_of,
+    gemini_settings,
+    make_user,
+    read_sse,
+    serving,
+    until,
+)
 
 STREAM = "/api/v1/coaching/query/stream"
 
@@ -76,8 +84,7 @@ async def test_concurrent_stream_cap_per_user_is_released_on_every_exit(
     assert c.status_code == 429
     assert c.json()["error"]["code"] == "too_many_streams"
     # Cancelling one frees its slot.
-    while not a_events:
-        await asyncio.sleep(0.02)
+    await until(lambda: bool(a_events), what="the first stream's meta", task=a_task)
     mid = a_events[0].data["message_id"]
     r = await lclient.post(f"/api/v1/coaching/streams/{mid}/cancel", headers=user.headers)
     assert r.status_code in (200, 202)

@@ -15,7 +15,7 @@ CONVERSATION_COLUMNS = "id, user_id, report_id, title, leadership_type, created_
 MESSAGE_COLUMNS = (
     "id, seq, conversation_id, role, content, status, reply_to, client_message_id, provider, "
     "model, prompt_tokens, completion_tokens, total_tokens, ttft_ms, latency_ms, finish_reason, "
-    "error_code, sources, created_at, updated_at"
+    "error_code, cancel_reason, sources, created_at, updated_at"
 )
 
 
@@ -321,6 +321,7 @@ async def finish_message(
     status: str,
     finish_reason: str | None,
     error_code: str | None,
+    cancel_reason: str | None,
     usage: dict[str, int | None],
     ttft_ms: int | None,
     latency_ms: int | None,
@@ -329,7 +330,7 @@ async def finish_message(
         """
         UPDATE messages SET content = $2, status = $3, finish_reason = $4, error_code = $5,
                prompt_tokens = $6, completion_tokens = $7, total_tokens = $8,
-               ttft_ms = $9, latency_ms = $10, updated_at = now()
+               ttft_ms = $9, latency_ms = $10, cancel_reason = $11, updated_at = now()
         WHERE id = $1
         """,
         message_id,
@@ -342,6 +343,7 @@ async def finish_message(
         usage.get("total_tokens"),
         ttft_ms,
         latency_ms,
+        cancel_reason,
     )
 
 
