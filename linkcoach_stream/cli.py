@@ -166,7 +166,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .ml.classifier import train_main
+    from .ml.training import train_main
 
     train_main(data=args.data, out_dir=args.out, n=args.n, seed=args.seed)
     return 0

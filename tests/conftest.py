@@ -309,7 +309,8 @@ def text_of(events: list[SSE]) -> str:
 
 @pytest.fixture(scope="session")
 async def emulator() -> AsyncIterator[str]:
-    from linkcoach_stream.emulator.gemini import EmulatorConfig, create_emulator_app
+    from linkcoach_stream.emulator.config import EmulatorConfig
+    from linkcoach_stream.emulator.gemini import create_emulator_app
 
     app = create_emulator_app(
         EmulatorConfig(

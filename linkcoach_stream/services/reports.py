@@ -86,6 +86,7 @@ from redis.exceptions import RedisError
 from ..config import Settings
 from ..db.repositories import reports as repo
 from ..db.repositories import usage as usage_repo
+from ..domain.assessment_items import ITEM_IDS
 from ..domain.taxonomy import (
     BY_CODE,
     DIMENSION_DESCRIPTIONS,
@@ -102,7 +103,7 @@ from ..errors import RateLimited, ServiceUnavailable, ValidationFailed
 from ..llm.base import LLMError, LLMProvider, PassageLike, Usage
 from ..llm.prompts import context_block, type_context
 from ..metrics import Metrics
-from ..ml.classifier import ITEM_IDS, LeadershipClassifier, scores_from_answers
+from ..ml.model import LeadershipClassifier, scores_from_answers
 from .auth import Principal
 from .pii import mask_pii, mask_tree
 from .ratelimit import Limiter, NullLimiter

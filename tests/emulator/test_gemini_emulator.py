@@ -31,8 +31,8 @@ from google import genai
 from google.genai import errors, types
 from pydantic import BaseModel, Field
 
+from linkcoach_stream.emulator.config import EmulatorConfig
 from linkcoach_stream.emulator.gemini import (
-    EmulatorConfig,
     add_emulator_arguments,
     config_from_args,
     create_emulator_app,

@@ -7,17 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linkcoach_stream.ml.classifier import (
+from linkcoach_stream.domain.assessment_items import ITEM_IDS, ITEMS
+from linkcoach_stream.ml.data import generate_synthetic, load_csv
+from linkcoach_stream.ml.model import (
     CODES,
-    ITEM_IDS,
-    ITEMS,
     LeadershipClassifier,
     UntrustedArtifactError,
-    generate_synthetic,
-    load_csv,
     scores_from_answers,
-    train_main,
 )
+from linkcoach_stream.ml.training import train_main
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "leadership_classifier.skops"
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from linkcoach_stream.config import Settings
-from linkcoach_stream.emulator.gemini import EmulatorConfig, create_emulator_app
+from linkcoach_stream.emulator.config import EmulatorConfig
+from linkcoach_stream.emulator.gemini import create_emulator_app
 from linkcoach_stream.rag.embedders import E5Embedder, GeminiEmbedder
 from linkcoach_stream.rag.ranking import RankConfig
 from linkcoach_stream.rag.retriever import Passage, Retriever, open_retriever

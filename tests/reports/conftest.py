@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from linkcoach_stream.config import Settings
 from linkcoach_stream.db.migrate import apply_migrations
 from linkcoach_stream.db.pool import create_pool
-from linkcoach_stream.ml.classifier import ITEMS
+from linkcoach_stream.domain.assessment_items import ITEMS
 
 INTERPRET = "/api/v1/coaching/interpretation"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from linkcoach_stream.ml.classifier import CODES
+from linkcoach_stream.ml.model import CODES
 from linkcoach_stream.services.reports import CLASSIFIER_FILENAME, load_classifier
 from tests.conftest import ROOT
 from tests.reports.conftest import answers_at

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from linkcoach_stream.domain.assessment_items import ITEM_IDS
 from linkcoach_stream.domain.taxonomy import FOLLOWERSHIP_TYPES
-from linkcoach_stream.ml.classifier import ITEM_IDS
 from tests.conftest import RunningServer, User, make_user
 from tests.reports.conftest import INTERPRET, answers_at, drop_hot_copies
 

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from linkcoach_stream.config import Settings
 from linkcoach_stream.db.repositories import users
-from linkcoach_stream.emulator.gemini import value_for_schema
+from linkcoach_stream.emulator.schema import value_for_schema
 from linkcoach_stream.llm.base import LLMError, Usage
 from linkcoach_stream.llm.offline import OfflineProvider
 from linkcoach_stream.metrics import Metrics
