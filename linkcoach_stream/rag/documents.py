@@ -272,22 +272,29 @@ def _split_long(text: str, limit: int) -> list[str]:
     return pieces
 
 
-def _sections(doc: Document) -> list[tuple[str, str]]:
+def split_sections(doc: Document) -> tuple[str, list[tuple[str, str]]]:
+    """The text before the first `##` (the `#` title line dropped) and every `##` section
+    as (heading, text), empty ones included; the one section parser of the knowledge base."""
     body = doc.body
     h1 = _H1.search(body)
     if h1 is not None and not body[: h1.start()].strip():
         body = body[h1.end() :]
     matches = list(_H2.finditer(body))
-    sections: list[tuple[str, str]] = []
     intro = body[: matches[0].start()] if matches else body
-    if intro.strip():
-        sections.append((doc.title, intro.strip()))
-    for i, m in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(body)
-        content = body[m.end() : end].strip()
-        if content:
-            sections.append((m.group(1).strip(), content))
-    return sections
+    sections = [
+        (
+            m.group(1).strip(),
+            body[m.end() : matches[i + 1].start() if i + 1 < len(matches) else len(body)].strip(),
+        )
+        for i, m in enumerate(matches)
+    ]
+    return intro.strip(), sections
+
+
+def _sections(doc: Document) -> list[tuple[str, str]]:
+    intro, sections = split_sections(doc)
+    head = [(doc.title, intro)] if intro else []
+    return head + [(heading, text) for heading, text in sections if text]
 
 
 def _merge_tiny(

@@ -17,14 +17,11 @@ from linkcoach_stream.emulator.schema import value_for_schema
 from linkcoach_stream.llm.base import LLMError, Usage
 from linkcoach_stream.llm.offline import OfflineProvider
 from linkcoach_stream.metrics import Metrics
-from linkcoach_stream.services import reports as reports_module
 from linkcoach_stream.services.auth import Principal
-from linkcoach_stream.services.reports import (
-    FALLBACK_TTL_S,
-    REPORT_SCHEMA,
-    ReportKnowledge,
-    ReportService,
-)
+from linkcoach_stream.services.reports import FALLBACK_TTL_S, ReportService
+from linkcoach_stream.services.reports import service as reports_module
+from linkcoach_stream.services.reports.knowledge import ReportKnowledge
+from linkcoach_stream.services.reports.schema import REPORT_SCHEMA
 from tests.conftest import ROOT, free_port
 
 KB = ReportKnowledge.load(ROOT / "knowledge_base")
@@ -204,7 +201,7 @@ async def test_twice_invalid_or_failing_model_falls_back_to_offline_briefly(
 
 
 def test_the_schema_sent_to_the_model_is_what_the_validator_accepts() -> None:
-    from linkcoach_stream.services.reports import GeneratedReport
+    from linkcoach_stream.services.reports.schema import GeneratedReport
 
     for salt in ("a", "b", "c"):
         GeneratedReport.model_validate(value_for_schema(REPORT_SCHEMA, salt=salt))

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from linkcoach_stream.config import Settings
+from linkcoach_stream.domain.compatibility import compatibility_scores
 from linkcoach_stream.domain.taxonomy import FOLLOWERSHIP_TYPES
-from linkcoach_stream.services.reports import compatibility_scores
 from tests.conftest import (
     RunningServer,
     ServerProcess,
