@@ -1,15 +1,16 @@
 // The life of one chat turn as a state machine: pure data and one function, no DOM.
 //
-//   connecting ──connected──▶ streaming ◀──connected── reconnecting
-//        │                     │    └───────lost───────────▲
-//        │                     │
-//        └───────cancel────────┴──── (and from reconnecting) ──▶ cancelling
+//   phase \ event   connected    lost           cancel       finish
+//   connecting      streaming    reconnecting   cancelling   finished
+//   streaming       streaming    reconnecting   cancelling   finished
+//   reconnecting    streaming    reconnecting   cancelling   finished
+//   cancelling      cancelling   cancelling     ·            finished
+//   finished        ·            ·              ·            ·
 //
-// Every phase but `finished` ends with `finish` (the outcome, complete / interrupted /
-// error, is the turn's status, not a phase); `finished` ignores every event. While
-// cancelling, reconnects keep the turn cancelling: the stop is sent again once the stream
-// is back. An event a phase has no arrow for leaves it where it is, so a late or repeated
-// event can never revive a finished turn or take back a stop.
+// The outcome of a finished turn (complete, interrupted, error) is its status, not a
+// phase. Reconnects keep a cancelling turn cancelling: a stop the server has not had yet
+// is sent once the stream is back. An event a phase has no arrow for (·) leaves it where
+// it is, so a late or repeated event can never revive a finished turn or take back a stop.
 
 export const INITIAL_PHASE = "connecting";
 export const FINISHED = "finished";
