@@ -1,15 +1,21 @@
 """The embeddable widget (static files) and the demo parent page.
 
 Routes (no prefix): `GET /widget/` (the page a parent site puts in an iframe),
-`GET /widget/linkcoach.js`, `GET /widget/linkcoach.css`, `GET /embed.js` (the script a
+`GET /widget/linkcoach.js` (the widget's entry module), its ES modules at
+`GET /widget/linkcoach/{name}.js`, `GET /widget/linkcoach.css`, `GET /embed.js` (the script a
 parent site loads: the product's `LinkCoach` API in front of `/widget/`); outside
 production also `GET /demo` (a parent page that embeds the widget), its script and
 stylesheet, and `POST /demo/token` (a development token for a random demo user).
 
 Deliberate decisions (do not "fix"):
 
-- The files live directly in `linkcoach_stream/static/` and are read through
-  `importlib.resources`, so they ship in the wheel (`static/*` package data). No build step.
+- The files live directly in `linkcoach_stream/static/` (the widget's modules in
+  `static/linkcoach/`) and are read through `importlib.resources`, so they ship in the
+  wheel (`static/*` package data). No build step: the browser loads the ES modules as
+  they are. Only the names found in those folders are served, never a path.
+- The taxonomy the widget shows (dimensions in code order, their descriptions, the score
+  range and the High threshold) is rendered into the page from `domain.taxonomy` as a
+  `<meta>`, like the parent origins, so it is defined once, in Python.
 - The parent origins the widget accepts `INIT_WIDGET` from are rendered into the page as
   a `<meta>` (HTML-escaped JSON of `CORS_ORIGINS`), not fetched: the widget knows them
   before it posts `WIDGET_READY`, and there is no inline script to inject them into. The
@@ -43,7 +49,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..config import Settings
-from ..domain.taxonomy import resolve_type
+from ..domain.taxonomy import (
+    DIMENSION_DESCRIPTIONS,
+    DIMENSIONS,
+    HIGH_THRESHOLD,
+    SCORE_MAX,
+    SCORE_MIN,
+    resolve_type,
+)
 from ..errors import Forbidden, ValidationFailed
 from .common import JSON, read_model
 
@@ -56,7 +69,15 @@ _MEDIA_TYPES = {
     ".css": "text/css; charset=utf-8",
 }
 WIDGET_ASSETS = frozenset({"linkcoach.js", "linkcoach.css"})
+WIDGET_MODULE_DIR = "linkcoach"
 DEMO_ASSETS = frozenset({"demo.js", "demo.css"})
+# English keys a parent page may use for the dimensions in `assessmentData`.
+_DIMENSION_ALIASES = {
+    "sharing": "공유",
+    "share": "공유",
+    "interaction": "상호작용",
+    "growth": "성장",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +87,37 @@ class StaticFile:
     media_type: str
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=32)
 def static_file(name: str) -> StaticFile:
-    """A file from the package's `static/` folder, read once per process."""
-    body = (resources.files("linkcoach_stream") / "static" / name).read_bytes()
+    """A file from the package's `static/` folder (`a/b.js` for a subfolder), read once
+    per process."""
+    path = resources.files("linkcoach_stream") / "static"
+    for part in name.split("/"):
+        path = path / part
+    body = path.read_bytes()
     suffix = name[name.rfind(".") :]
     etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
     return StaticFile(body, etag, _MEDIA_TYPES[suffix])
+
+
+@lru_cache(maxsize=1)
+def widget_modules() -> frozenset[str]:
+    """The names of the widget's ES modules (`static/linkcoach/*.js`)."""
+    folder = resources.files("linkcoach_stream") / "static" / WIDGET_MODULE_DIR
+    return frozenset(
+        item.name for item in folder.iterdir() if item.is_file() and item.name.endswith(".js")
+    )
+
+
+def widget_taxonomy() -> dict[str, object]:
+    """What the widget needs of the taxonomy to read an assessment and draw the report."""
+    return {
+        "dimensions": [[d, DIMENSION_DESCRIPTIONS[d]] for d in DIMENSIONS],
+        "aliases": _DIMENSION_ALIASES,
+        "high_threshold": HIGH_THRESHOLD,
+        "score_min": SCORE_MIN,
+        "score_max": SCORE_MAX,
+    }
 
 
 def parent_origins(settings: Settings) -> list[str]:
@@ -150,6 +195,7 @@ async def widget_page(request: Request) -> Response:
         {
             "PARENT_ORIGINS": json.dumps(parent_origins(settings)),
             "MAX_QUESTION_CHARS": str(settings.max_question_chars),
+            "TAXONOMY": json.dumps(widget_taxonomy(), ensure_ascii=False),
         },
         frame_src=False,
     )
@@ -164,6 +210,13 @@ async def widget_asset(request: Request) -> Response:
     if name not in WIDGET_ASSETS:
         raise HTTPException(404)
     return _asset(request, name)
+
+
+async def widget_module(request: Request) -> Response:
+    name = request.path_params["name"]
+    if name not in widget_modules():
+        raise HTTPException(404)
+    return _asset(request, f"{WIDGET_MODULE_DIR}/{name}")
 
 
 # -- the demo parent page (development only) ----------------------------------------------
@@ -234,6 +287,12 @@ async def demo_token(request: Request) -> JSON:
 routes: list[BaseRoute] = [
     Route("/widget/", widget_page, methods=["GET"], name="widget:page"),
     Route("/widget/{name}", widget_asset, methods=["GET"], name="widget:asset"),
+    Route(
+        f"/widget/{WIDGET_MODULE_DIR}/{{name}}",
+        widget_module,
+        methods=["GET"],
+        name="widget:module",
+    ),
     Route("/embed.js", embed_script, methods=["GET"], name="widget:embed"),
     Route("/demo", demo_page, methods=["GET"], name="demo:page"),
     Route("/demo/token", demo_token, methods=["POST"], name="demo:token"),
