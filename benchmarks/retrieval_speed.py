@@ -43,13 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from linkcoach_stream.config import Settings  # noqa: E402
+from linkcoach_stream.rag.chroma import make_chroma_client  # noqa: E402
 from linkcoach_stream.rag.cli import load_eval_file  # noqa: E402
-from linkcoach_stream.rag.retriever import (  # noqa: E402
-    Retriever,
-    _Mirror,
-    make_chroma_client,
-    open_retriever,
-)
+from linkcoach_stream.rag.mirror import Mirror  # noqa: E402
+from linkcoach_stream.rag.retriever import Retriever, open_retriever  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "retrieval_speed.json"
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -67,7 +64,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 Synthetic = tuple[list[str], list[str], list[dict[str, Any]], NDArray[np.float32]]
 
 
-def synthesise(mirror: _Mirror, scale: int, seed: int = 7) -> Synthetic:
+def synthesise(mirror: Mirror, scale: int, seed: int = 7) -> Synthetic:
     rng = np.random.default_rng(seed)
     pick = random.Random(seed)
     ids, texts, metas = list(mirror.ids), list(mirror.texts), [dict(m) for m in mirror.metas]

@@ -26,7 +26,8 @@ from typing import Any
 from ..config import Settings
 from ..domain.taxonomy import resolve_type
 from .documents import DocumentError
-from .retriever import Passage, Retriever, open_retriever, vector_cache_path
+from .retriever import Passage, Retriever, open_retriever
+from .vector_cache import vector_cache_path
 
 EXPECT_KEYS = frozenset({"path", "category", "leadership_types", "followership_types"})
 

@@ -9,15 +9,10 @@ from pathlib import Path
 import pytest
 
 from linkcoach_stream.config import Settings
+from linkcoach_stream.rag.chroma import RetrievalError, make_chroma_client, open_collection
 from linkcoach_stream.rag.documents import load_corpus
 from linkcoach_stream.rag.embedders import HashingEmbedder
-from linkcoach_stream.rag.retriever import (
-    RetrievalError,
-    Retriever,
-    _open_collection,
-    make_chroma_client,
-    open_retriever,
-)
+from linkcoach_stream.rag.retriever import Retriever, open_retriever
 
 
 def stored_ids(r: Retriever) -> set[str]:
@@ -117,7 +112,7 @@ async def test_a_collection_built_by_another_embedder_is_refused(
     client = make_chroma_client(small_settings)
     try:
         with pytest.raises(RetrievalError, match="holds 'hash1024' vectors, not 'other'"):
-            _open_collection(client, name, Other())
+            open_collection(client, name, Other())
     finally:
         client.close()
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from linkcoach_stream.rag.documents import load_corpus
 from linkcoach_stream.rag.ranking import RankConfig
-from linkcoach_stream.rag.retriever import VectorCache
+from linkcoach_stream.rag.vector_cache import VectorCache
 
 # Query embedding (and so its shedding) happens only with the dense signal on.
 DENSE = RankConfig(dense_weight=0.5)
@@ -67,7 +67,8 @@ async def test_query_embedding_stays_within_its_cpu_share(tmp_path: Path) -> Non
     import asyncio
 
     from linkcoach_stream.config import Settings
-    from linkcoach_stream.rag.retriever import _CpuBudget, open_retriever
+    from linkcoach_stream.rag.retriever import open_retriever
+    from linkcoach_stream.rag.shedding import CpuBudget
 
     settings = Settings(
         data_dir=tmp_path, knowledge_base_dir=ROOT / "knowledge_base", models_dir=ROOT / "models"
@@ -76,14 +77,14 @@ async def test_query_embedding_stays_within_its_cpu_share(tmp_path: Path) -> Non
     question = "팀원에게 피드백을 어떻게 줘야 할까요"
     try:
         # A full core: every sequential search embeds its query.
-        retriever._budget = _CpuBudget(1.0)
+        retriever._budget = CpuBudget(1.0)
         before = retriever.hybrid_searches
         for _ in range(4):
             await retriever.search(question, k=3)
         assert retriever.hybrid_searches - before == 4
 
         # No share at all: lexical ranking only, and still an answer.
-        retriever._budget = _CpuBudget(0.0)
+        retriever._budget = CpuBudget(0.0)
         shed = retriever.shed_searches
         assert await retriever.search(question, k=3)
         assert retriever.shed_searches == shed + 1
@@ -91,7 +92,7 @@ async def test_query_embedding_stays_within_its_cpu_share(tmp_path: Path) -> Non
         # A small share: the embedder's CPU time (tens of ms a query) soon uses up the
         # 2-second bucket, later searches go lexical, and the share refills with time.
         share = 0.02
-        retriever._budget = _CpuBudget(share)
+        retriever._budget = CpuBudget(share)
         hybrid, shed = retriever.hybrid_searches, retriever.shed_searches
         for _ in range(12):
             assert await retriever.search(question, k=3)
@@ -113,7 +114,8 @@ async def test_query_embedding_is_shed_while_the_event_loop_runs_late(tmp_path: 
     import time
 
     from linkcoach_stream.config import Settings
-    from linkcoach_stream.rag.retriever import _CpuBudget, _LoopLag, open_retriever
+    from linkcoach_stream.rag.retriever import open_retriever
+    from linkcoach_stream.rag.shedding import CpuBudget, LoopLag
 
     settings = Settings(
         data_dir=tmp_path, knowledge_base_dir=ROOT / "knowledge_base", models_dir=ROOT / "models"
@@ -121,9 +123,9 @@ async def test_query_embedding_is_shed_while_the_event_loop_runs_late(tmp_path: 
     retriever = await open_retriever(settings, config=DENSE)
     question = "팀원에게 피드백을 어떻게 줘야 할까요"
     try:
-        retriever._budget = _CpuBudget(1.0)
+        retriever._budget = CpuBudget(1.0)
         assert retriever._lag is None, "no shedding outside the server unless asked"
-        retriever._lag = _LoopLag()
+        retriever._lag = LoopLag()
         retriever.embed_max_loop_lag_s = 0.05
         retriever._lag.lag_s(asyncio.get_running_loop())
         await asyncio.sleep(0.2)
