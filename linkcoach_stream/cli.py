@@ -91,6 +91,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host or settings.host, port=args.port or settings.port
     ).validate()
     workers = args.workers or int(os.environ.get("WEB_CONCURRENCY", "1"))
+    if workers > 1 and settings.retrieval_enabled and not settings.chroma_host:
+        # Embedded Chroma is one process's SQLite store: several workers would each
+        # ingest into it at start and then read a collection the others rewrite.
+        sys.stderr.write(
+            f"{workers} workers need Chroma in server mode: start `chroma run --path DIR "
+            "--port 8001` and set CHROMA_HOST (and CHROMA_PORT), or RETRIEVAL_ENABLED=false\n"
+        )
+        return 2
     configure_logging(settings.log_level)
     options = serve_options(settings, workers=workers)
     if workers > 1:
