@@ -53,6 +53,7 @@ from .documents import CATEGORIES
 from .embedders import Embedder, make_embedder
 from .ingest import IngestReport, ingest_corpus
 from .mirror import Mirror, read_mirror
+from .protocol import source_of
 from .ranking import BM25Index, RankConfig, Ranking, best_of_groups, fuse
 from .shedding import CpuBudget, LoopLag, should_shed
 from .vector_cache import VectorCache, vector_cache_path
@@ -76,12 +77,7 @@ class Passage:
     followership_types: tuple[str, ...] = ()
 
     def source(self) -> dict[str, str]:
-        return {
-            "path": self.path,
-            "title": self.title,
-            "category": self.category,
-            "section": self.section,
-        }
+        return source_of(self)
 
 
 def _split_csv(value: object) -> tuple[str, ...]:

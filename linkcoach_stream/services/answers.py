@@ -36,8 +36,9 @@ from ..errors import Conflict
 from ..llm.base import ChatPrompt, PassageLike, Turn
 from ..llm.prompts import budget_history, system_instruction
 from ..metrics import Metrics
+from ..rag.protocol import sources_of
 from .auth import Principal
-from .chat import _HISTORY_ROWS, ChatService, TurnStarted, sources_of
+from .chat import _HISTORY_ROWS, ChatService, TurnStarted
 from .leases import Leases
 from .usage import check_budget
 

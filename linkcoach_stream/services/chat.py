@@ -32,7 +32,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 
@@ -48,6 +48,7 @@ from ..llm.base import (
 )
 from ..llm.prompts import budget_history, system_instruction
 from ..metrics import Metrics
+from ..rag.protocol import Retrieval, sources_of
 from ..tracing import begin as begin_timings
 from ..tracing import current as current_timings
 from ..tracing import part
@@ -69,12 +70,6 @@ LOST_REASONS = frozenset({"stream_lost", "server_restart"})
 log = logging.getLogger(__name__)
 
 
-class Retrieval(Protocol):
-    async def search(
-        self, query: str, *, leadership_type: str | None = None, k: int = 4
-    ) -> Sequence[Any]: ...
-
-
 @dataclass(frozen=True, slots=True)
 class TurnRequest:
     question: str
@@ -93,26 +88,6 @@ class TurnStarted:
     replayed: bool
     # More `meta` fields, e.g. which answer a regeneration replaces.
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def source_of(passage: Any) -> dict[str, Any]:
-    return {
-        "path": passage.path,
-        "title": passage.title,
-        "category": passage.category,
-        "section": passage.section,
-    }
-
-
-def sources_of(passages: Any) -> list[dict[str, Any]]:
-    """Each document once, in rank order, with the section that matched best."""
-    seen: set[str] = set()
-    out: list[dict[str, Any]] = []
-    for passage in passages:
-        if passage.path not in seen:
-            seen.add(passage.path)
-            out.append(source_of(passage))
-    return out
 
 
 def validate_question(question: str, *, max_chars: int) -> str:

@@ -12,17 +12,22 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ...domain.taxonomy import BY_CODE, LeadershipType
 from ...rag.documents import parse_document, split_sections
+from ...rag.protocol import source_of
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class KBSection:
-    """One `##` section of a knowledge-base file; satisfies `PassageLike`."""
+    """One `##` section of a knowledge-base file; satisfies `PassageLike`.
+
+    A report read from whole files cites the file (`rag.protocol.source_of`)."""
+
+    cites_section: ClassVar[bool] = False
 
     path: str
     title: str
@@ -33,6 +38,8 @@ class KBSection:
 
 @dataclass(frozen=True, slots=True)
 class KBDocument:
+    cites_section: ClassVar[bool] = False
+
     path: str
     title: str
     category: str
@@ -51,7 +58,7 @@ class KBDocument:
         return [p for p in out if p.text]
 
     def source(self) -> dict[str, Any]:
-        return {"path": self.path, "title": self.title, "category": self.category}
+        return source_of(self)
 
 
 def _parse_kb_file(root: Path, path: Path) -> KBDocument:
