@@ -45,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..config import Settings
-from ..domain.taxonomy import FOLLOWERSHIP_TYPES, resolve_type
+from ..domain.taxonomy import FOLLOWERSHIP_TYPES, leadership_code
 from . import analyzer
 from .analyzer import Lexicon, without_type_names
 from .chroma import collection_name, make_chroma_client, open_collection, stored_kb_version
@@ -340,12 +340,7 @@ class Retriever:
 
     @staticmethod
     def _resolve_code(leadership_type: str | None) -> str | None:
-        if not leadership_type:
-            return None
-        resolved = resolve_type(leadership_type)
-        if resolved is None:
-            raise ValueError(f"unknown leadership type {leadership_type!r}")
-        return resolved.code
+        return leadership_code(leadership_type)
 
     @staticmethod
     def _resolve_followers(values: Sequence[str]) -> tuple[str, ...]:
