@@ -1,9 +1,19 @@
 """The knowledge-base files a report is built from: each type's profile, its pairing guide
 and the dimension guides, parsed once at start (front matter through `rag.documents`).
 
-`ReportKnowledge.version` hashes every markdown file's path and bytes; it is the
-knowledge-base version stored with a report (and part of its cache key) when no retriever
-reports one of its own.
+The knowledge-base version a report stores (and keys its cache by) is the retriever's
+when there is one, `ReportKnowledge.version` otherwise. The two are kept apart on purpose,
+as a fixed mapping rather than one hash:
+
+- with retrieval: `rag.documents.kb_version`, 16 hex digits over the sorted chunk ids
+  (README.md files excluded), the version ingest writes to the collection;
+- without (RETRIEVAL_ENABLED=false): `files-` and 16 hex digits of a SHA-256 over every
+  markdown file's path and bytes, READMEs included.
+
+The prefix tells which one a stored row carries. Computing the second like the first
+would change the `kb_version` of every report stored without retrieval, so each cached
+report there would miss once and be generated again; do not "unify" them without a
+migration that rewrites the stored keys.
 """
 
 from __future__ import annotations

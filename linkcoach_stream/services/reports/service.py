@@ -141,6 +141,7 @@ class ReportService:
             self._classifier_id = str(classifier.metadata.get("sha256") or classifier.version)
 
     def _kb_version(self) -> str:
+        """The retriever's version, else the files' (`knowledge.py` says why two)."""
         value = getattr(self.retriever, "kb_version", None) if self.retriever else None
         if callable(value):
             value = value()
