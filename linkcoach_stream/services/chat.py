@@ -90,6 +90,14 @@ class TurnStarted:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def turn_code(user: Principal, conversation: asyncpg.Record | None) -> str | None:
+    """The leadership type a turn is coached for: the conversation's, else the token's
+    (a turn on a report takes the report's instead)."""
+    if conversation is not None and conversation["leadership_type"]:
+        return str(conversation["leadership_type"])
+    return user.leadership_type
+
+
 def validate_question(question: str, *, max_chars: int) -> str:
     text = question.strip()
     if not text:
@@ -177,7 +185,7 @@ class ChatService:
                     conversation = await repo.get_conversation(
                         conn, conversation_id=req.conversation_id, user_id=user.user_id
                     )
-                    code = conversation["leadership_type"] or code
+                    code = turn_code(user, conversation)
                     if req.client_message_id:
                         existing = await repo.find_turn_by_client_id(
                             conn,

@@ -1,4 +1,5 @@
-"""The one citation of a passage and the one leadership-type resolution."""
+"""The one citation of a passage and the one leadership-type resolution of a request and
+of a turn."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 from linkcoach_stream.domain.taxonomy import leadership_code
 from linkcoach_stream.rag.protocol import source_of, sources_of
 from linkcoach_stream.rag.retriever import Passage
+from linkcoach_stream.services.auth import Principal
+from linkcoach_stream.services.chat import turn_code
 from linkcoach_stream.services.reports.knowledge import KBSection, ReportKnowledge
 
 KB = Path(__file__).resolve().parents[2] / "knowledge_base"
@@ -64,3 +67,14 @@ def test_no_type_is_none_and_an_unknown_one_is_refused() -> None:
     assert leadership_code(None) is None and leadership_code("") is None
     with pytest.raises(ValueError, match="슈퍼형"):
         leadership_code("슈퍼형")
+
+
+def _user(code: str | None) -> Principal:
+    return Principal(user_id="u-1", email=None, leadership_type=code, jti="j", expires_at=0)
+
+
+def test_a_turn_is_coached_for_its_conversations_type_before_the_tokens() -> None:
+    assert turn_code(_user("LLL"), {"leadership_type": "HLH"}) == "HLH"  # type: ignore[arg-type]
+    assert turn_code(_user("LLL"), {"leadership_type": None}) == "LLL"  # type: ignore[arg-type]
+    assert turn_code(_user("LLL"), None) == "LLL"
+    assert turn_code(_user(None), None) is None
