@@ -8,9 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..domain.taxonomy import resolve_type
-from ..errors import Unauthorized, ValidationFailed
-from .common import JSON, DbText, client_ip, read_model
+from ..errors import Unauthorized
+from .common import JSON, DbText, client_ip, leadership_type_field, read_model
 
 USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 
@@ -45,14 +44,7 @@ async def mint_token(request: Request) -> JSON:
         # The parent site mints for all its users from one address: limit per key.
         await limiter.hit("mint", hashlib.sha256((api_key or "").encode()).hexdigest()[:16])
     body = await read_model(request, TokenRequest)
-    leadership_type = None
-    if body.leadership_type:
-        resolved = resolve_type(body.leadership_type)
-        if resolved is None:
-            raise ValidationFailed(
-                "leadership_type: unknown leadership type", field="leadership_type"
-            )
-        leadership_type = resolved.code
+    leadership_type = leadership_type_field(body.leadership_type)
     async with state.db.acquire() as conn:
         pair = await state.tokens.mint_for_user(
             conn, user_id=body.user_id, email=body.email, leadership_type=leadership_type

@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from ..db.repositories import users
+from ..domain.taxonomy import leadership_code
 from ..errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized, ValidationFailed
 from ..services.auth import Principal
 from ..tracing import part
@@ -129,6 +130,16 @@ async def _authenticate(conn: HTTPConnection, token: str) -> Principal:
 
 async def require_user(conn: HTTPConnection) -> Principal:
     return await authenticate_token(conn, bearer_token(conn))
+
+
+def leadership_type_field(value: str | None) -> str | None:
+    """A request's `leadership_type` as a code, or a 422 naming the field."""
+    try:
+        return leadership_code(value)
+    except ValueError:
+        raise ValidationFailed(
+            "leadership_type: unknown leadership type", field="leadership_type"
+        ) from None
 
 
 def path_uuid(request: Request, name: str) -> uuid.UUID:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..db.pool import ping as db_ping
 from .common import JSON
 
 
@@ -46,7 +47,7 @@ async def ready(request: Request) -> JSON:
 
     async def pg() -> None:
         async with state.db.acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1")
+            await db_ping(conn)
 
     async def redis() -> None:
         await state.redis.ping()

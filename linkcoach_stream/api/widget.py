@@ -55,10 +55,9 @@ from ..domain.taxonomy import (
     HIGH_THRESHOLD,
     SCORE_MAX,
     SCORE_MIN,
-    resolve_type,
 )
 from ..errors import Forbidden, ValidationFailed
-from .common import JSON, read_model
+from .common import JSON, leadership_type_field, read_model
 
 log = logging.getLogger(__name__)
 
@@ -257,14 +256,7 @@ async def demo_token(request: Request) -> JSON:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise ValidationFailed("send the body as application/json", field="body")
     body = await read_model(request, DemoTokenRequest)
-    code = None
-    if body.leadership_type:
-        resolved = resolve_type(body.leadership_type)
-        if resolved is None:
-            raise ValidationFailed(
-                "leadership_type: unknown leadership type", field="leadership_type"
-            )
-        code = resolved.code
+    code = leadership_type_field(body.leadership_type)
     user_id = f"demo-{secrets.token_hex(6)}"
     async with request.state.db.acquire() as conn:
         pair = await request.state.tokens.mint_for_user(

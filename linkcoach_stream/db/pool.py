@@ -48,3 +48,8 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
     )
     assert pool is not None
     return pool
+
+
+async def ping(conn: asyncpg.Connection) -> None:
+    """The readiness probe's round trip."""
+    await conn.fetchval("SELECT 1")

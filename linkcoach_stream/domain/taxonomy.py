@@ -58,6 +58,17 @@ def resolve_type(value: str) -> LeadershipType | None:
     return BY_CODE.get(key.upper()) or BY_ID.get(key.upper()) or BY_NAME.get(key)
 
 
+def leadership_code(value: str | None) -> str | None:
+    """The code of a named type (see `resolve_type`); None for no name, ValueError for an
+    unknown one. The one resolution behind tokens, the demo page and retrieval."""
+    if not value:
+        return None
+    resolved = resolve_type(value)
+    if resolved is None:
+        raise ValueError(f"unknown leadership type {value!r}")
+    return resolved.code
+
+
 def code_from_scores(scores: dict[str, float]) -> str:
     return "".join("H" if scores[d] >= HIGH_THRESHOLD else "L" for d in DIMENSIONS)
 

@@ -45,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..config import Settings
-from ..domain.taxonomy import FOLLOWERSHIP_TYPES, resolve_type
+from ..domain.taxonomy import FOLLOWERSHIP_TYPES, leadership_code
 from . import analyzer
 from .analyzer import Lexicon, without_type_names
 from .chroma import collection_name, make_chroma_client, open_collection, stored_kb_version
@@ -53,6 +53,7 @@ from .documents import CATEGORIES
 from .embedders import Embedder, make_embedder
 from .ingest import IngestReport, ingest_corpus
 from .mirror import Mirror, read_mirror
+from .protocol import source_of
 from .ranking import BM25Index, RankConfig, Ranking, best_of_groups, fuse
 from .shedding import CpuBudget, LoopLag, should_shed
 from .vector_cache import VectorCache, vector_cache_path
@@ -76,12 +77,7 @@ class Passage:
     followership_types: tuple[str, ...] = ()
 
     def source(self) -> dict[str, str]:
-        return {
-            "path": self.path,
-            "title": self.title,
-            "category": self.category,
-            "section": self.section,
-        }
+        return source_of(self)
 
 
 def _split_csv(value: object) -> tuple[str, ...]:
@@ -344,12 +340,7 @@ class Retriever:
 
     @staticmethod
     def _resolve_code(leadership_type: str | None) -> str | None:
-        if not leadership_type:
-            return None
-        resolved = resolve_type(leadership_type)
-        if resolved is None:
-            raise ValueError(f"unknown leadership type {leadership_type!r}")
-        return resolved.code
+        return leadership_code(leadership_type)
 
     @staticmethod
     def _resolve_followers(values: Sequence[str]) -> tuple[str, ...]:

@@ -36,8 +36,9 @@ from ..errors import Conflict
 from ..llm.base import ChatPrompt, PassageLike, Turn
 from ..llm.prompts import budget_history, system_instruction
 from ..metrics import Metrics
+from ..rag.protocol import sources_of
 from .auth import Principal
-from .chat import _HISTORY_ROWS, ChatService, TurnStarted, sources_of
+from .chat import _HISTORY_ROWS, ChatService, TurnStarted, turn_code
 from .leases import Leases
 from .usage import check_budget
 
@@ -124,7 +125,7 @@ async def _regenerate(
     # budget is spent.
     await check_budget(chat.pool, chat.settings, chat.metrics, user_id=user.user_id)
 
-    code = conversation["leadership_type"] or user.leadership_type
+    code = turn_code(user, conversation)
     passages: list[PassageLike] = []
     if chat.retriever is not None:
         passages = list(await chat.retriever.search(question["content"], leadership_type=code, k=4))

@@ -9,25 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 
+from ..db.repositories import api_logs
+from ..db.repositories.api_logs import ApiLogEntry
+
+__all__ = ["ApiLogEntry", "ApiLogWriter"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ApiLogEntry:
-    ts: datetime
-    request_id: str | None
-    user_id: str | None
-    method: str
-    endpoint: str
-    status: int
-    duration_ms: float
-    client_ip: str | None
-    error: str | None
 
 
 class ApiLogWriter:
@@ -80,27 +70,7 @@ class ApiLogWriter:
     async def _write(self, batch: list[ApiLogEntry]) -> None:
         try:
             async with self._pool.acquire() as conn:
-                await conn.executemany(
-                    """
-                    INSERT INTO api_logs (ts, request_id, user_id, method, endpoint, status,
-                                          duration_ms, client_ip, error)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                    """,
-                    [
-                        (
-                            e.ts,
-                            e.request_id,
-                            e.user_id,
-                            e.method,
-                            e.endpoint,
-                            e.status,
-                            e.duration_ms,
-                            e.client_ip,
-                            e.error,
-                        )
-                        for e in batch
-                    ],
-                )
+                await api_logs.insert_api_logs(conn, entries=batch)
             self.written += len(batch)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             self.dropped += len(batch)

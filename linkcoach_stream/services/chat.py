@@ -32,7 +32,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 
@@ -48,6 +48,7 @@ from ..llm.base import (
 )
 from ..llm.prompts import budget_history, system_instruction
 from ..metrics import Metrics
+from ..rag.protocol import Retrieval, sources_of
 from ..tracing import begin as begin_timings
 from ..tracing import current as current_timings
 from ..tracing import part
@@ -67,12 +68,6 @@ _HISTORY_ROWS = 40
 # Finish reasons of rows whose producer died; they replay as `error` `stream_lost`.
 LOST_REASONS = frozenset({"stream_lost", "server_restart"})
 log = logging.getLogger(__name__)
-
-
-class Retrieval(Protocol):
-    async def search(
-        self, query: str, *, leadership_type: str | None = None, k: int = 4
-    ) -> Sequence[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,24 +90,12 @@ class TurnStarted:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def source_of(passage: Any) -> dict[str, Any]:
-    return {
-        "path": passage.path,
-        "title": passage.title,
-        "category": passage.category,
-        "section": passage.section,
-    }
-
-
-def sources_of(passages: Any) -> list[dict[str, Any]]:
-    """Each document once, in rank order, with the section that matched best."""
-    seen: set[str] = set()
-    out: list[dict[str, Any]] = []
-    for passage in passages:
-        if passage.path not in seen:
-            seen.add(passage.path)
-            out.append(source_of(passage))
-    return out
+def turn_code(user: Principal, conversation: asyncpg.Record | None) -> str | None:
+    """The leadership type a turn is coached for: the conversation's, else the token's
+    (a turn on a report takes the report's instead)."""
+    if conversation is not None and conversation["leadership_type"]:
+        return str(conversation["leadership_type"])
+    return user.leadership_type
 
 
 def validate_question(question: str, *, max_chars: int) -> str:
@@ -202,7 +185,7 @@ class ChatService:
                     conversation = await repo.get_conversation(
                         conn, conversation_id=req.conversation_id, user_id=user.user_id
                     )
-                    code = conversation["leadership_type"] or code
+                    code = turn_code(user, conversation)
                     if req.client_message_id:
                         existing = await repo.find_turn_by_client_id(
                             conn,

@@ -15,6 +15,8 @@ import uuid
 
 import asyncpg
 
+from ..db.repositories import conversations as repo
+
 log = logging.getLogger(__name__)
 
 
@@ -49,12 +51,8 @@ class PartialWriter:
         batch, self._dirty = self._dirty, {}
         try:
             async with self._pool.acquire() as conn:
-                await conn.executemany(
-                    """
-                    UPDATE messages SET content = $2, updated_at = now()
-                    WHERE id = $1 AND status = 'streaming'
-                    """,
-                    [(key, "".join(parts)) for key, parts in batch.items()],
+                await repo.write_partial_answers(
+                    conn, texts=[(key, "".join(parts)) for key, parts in batch.items()]
                 )
             self.batches += 1
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):

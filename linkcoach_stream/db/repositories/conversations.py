@@ -4,6 +4,7 @@ wrong owner reads exactly like a missing row."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -436,3 +437,17 @@ async def interrupt_lost_message(
     if row is None:
         raise NotFound("message not found")
     return row
+
+
+async def write_partial_answers(
+    conn: asyncpg.Connection, *, texts: Sequence[tuple[uuid.UUID, str]]
+) -> None:
+    """The text so far of each answer still `streaming`, in one `executemany`; a row that
+    reached its final status meanwhile keeps its final text."""
+    await conn.executemany(
+        """
+        UPDATE messages SET content = $2, updated_at = now()
+        WHERE id = $1 AND status = 'streaming'
+        """,
+        texts,
+    )

@@ -1,9 +1,19 @@
 """The knowledge-base files a report is built from: each type's profile, its pairing guide
 and the dimension guides, parsed once at start (front matter through `rag.documents`).
 
-`ReportKnowledge.version` hashes every markdown file's path and bytes; it is the
-knowledge-base version stored with a report (and part of its cache key) when no retriever
-reports one of its own.
+The knowledge-base version a report stores (and keys its cache by) is the retriever's
+when there is one, `ReportKnowledge.version` otherwise. The two are kept apart on purpose,
+as a fixed mapping rather than one hash:
+
+- with retrieval: `rag.documents.kb_version`, 16 hex digits over the sorted chunk ids
+  (README.md files excluded), the version ingest writes to the collection;
+- without (RETRIEVAL_ENABLED=false): `files-` and 16 hex digits of a SHA-256 over every
+  markdown file's path and bytes, READMEs included.
+
+The prefix tells which one a stored row carries. Computing the second like the first
+would change the `kb_version` of every report stored without retrieval, so each cached
+report there would miss once and be generated again; do not "unify" them without a
+migration that rewrites the stored keys.
 """
 
 from __future__ import annotations
@@ -12,17 +22,22 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ...domain.taxonomy import BY_CODE, LeadershipType
 from ...rag.documents import parse_document, split_sections
+from ...rag.protocol import source_of
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class KBSection:
-    """One `##` section of a knowledge-base file; satisfies `PassageLike`."""
+    """One `##` section of a knowledge-base file; satisfies `PassageLike`.
+
+    A report read from whole files cites the file (`rag.protocol.source_of`)."""
+
+    cites_section: ClassVar[bool] = False
 
     path: str
     title: str
@@ -33,6 +48,8 @@ class KBSection:
 
 @dataclass(frozen=True, slots=True)
 class KBDocument:
+    cites_section: ClassVar[bool] = False
+
     path: str
     title: str
     category: str
@@ -51,7 +68,7 @@ class KBDocument:
         return [p for p in out if p.text]
 
     def source(self) -> dict[str, Any]:
-        return {"path": self.path, "title": self.title, "category": self.category}
+        return source_of(self)
 
 
 def _parse_kb_file(root: Path, path: Path) -> KBDocument:

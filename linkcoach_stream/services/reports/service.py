@@ -34,11 +34,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 from pydantic import ValidationError
@@ -59,6 +58,7 @@ from ...errors import RateLimited, ServiceUnavailable
 from ...llm.base import LLMError, LLMProvider, PassageLike, Usage
 from ...metrics import Metrics
 from ...ml.model import LeadershipClassifier
+from ...rag.protocol import Retrieval, sources_of
 from ..auth import Principal
 from ..ratelimit import Limiter, NullLimiter
 from .cache import DB_DOWN, ReportCache, ReportResult, report_body
@@ -75,18 +75,6 @@ FALLBACK_TTL_S = 300
 CLASSIFIER_FILENAME = "leadership_classifier.skops"
 
 
-class Retrieval(Protocol):
-    async def search(
-        self,
-        query: str,
-        *,
-        leadership_type: str | None = None,
-        k: int = 4,
-        categories: Sequence[str] | None = None,
-        followership_types: Sequence[str] | None = None,
-    ) -> Sequence[Any]: ...
-
-
 class InvalidReport(Exception):
     """The model's answer failed validation twice."""
 
@@ -99,15 +87,6 @@ class _Composed:
     model: str | None
     ttl: timedelta
     usage: Usage = field(default_factory=Usage)
-
-
-def _source_of(passage: Any) -> dict[str, Any]:
-    source = getattr(passage, "source", None)
-    if callable(source):
-        value = source()
-        if isinstance(value, dict):
-            return value
-    return {"path": passage.path, "title": passage.title, "category": passage.category}
 
 
 async def load_classifier(path: Path) -> LeadershipClassifier | None:
@@ -162,6 +141,7 @@ class ReportService:
             self._classifier_id = str(classifier.metadata.get("sha256") or classifier.version)
 
     def _kb_version(self) -> str:
+        """The retriever's version, else the files' (`knowledge.py` says why two)."""
         value = getattr(self.retriever, "kb_version", None) if self.retriever else None
         if callable(value):
             value = value()
@@ -427,13 +407,7 @@ class ReportService:
             ],
             risk_signals=generated.risk_signals,
         )
-        sources: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for p in passages:
-            src = _source_of(p)
-            if src.get("path") not in seen:
-                seen.add(str(src.get("path")))
-                sources.append(src)
+        sources = sources_of(passages)
         return _Composed(report, sources, self.provider.name, self.provider.model, ttl, spent)
 
     async def _generate_json(self, system: str, prompt: str, spent: Usage) -> str:
