@@ -33,8 +33,7 @@ import asyncpg
 from ..db.repositories import answers
 from ..db.repositories import conversations as repo
 from ..errors import Conflict
-from ..llm.base import ChatPrompt, PassageLike, Turn
-from ..llm.prompts import budget_history, system_instruction
+from ..llm.base import PassageLike, Turn
 from ..metrics import Metrics
 from ..rag.protocol import sources_of
 from .auth import Principal
@@ -126,9 +125,7 @@ async def _regenerate(
     await check_budget(chat.pool, chat.settings, chat.metrics, user_id=user.user_id)
 
     code = turn_code(user, conversation)
-    passages: list[PassageLike] = []
-    if chat.retriever is not None:
-        passages = list(await chat.retriever.search(question["content"], leadership_type=code, k=4))
+    passages = await chat.context(question["content"], code)
     new_id = uuid.uuid4()
     leases.take(await chat.limiter.acquire_stream(user.user_id, str(new_id)))
     return await _store_and_start(
@@ -192,16 +189,11 @@ async def _store_and_start(
         )
         await repo.touch_conversation(conn, conversation_id=conversation_id)
 
-    history = budget_history(
-        [Turn(r["role"], r["content"]) for r in history_rows],
-        chat.settings.history_token_budget,
-    )
-    prompt = ChatPrompt(
-        system=system_instruction(code),
-        history=history,
+    prompt = chat.prompt(
+        turns=[Turn(r["role"], r["content"]) for r in history_rows],
         question=question["content"],
         passages=passages,
-        leadership_code=code,
+        code=code,
     )
     started = TurnStarted(
         str(conversation_id),

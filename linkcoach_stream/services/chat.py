@@ -201,10 +201,7 @@ class ChatService:
                     code = report["leadership_code"]
 
         await check_budget(self.pool, self.settings, self.metrics, user_id=user.user_id)
-        passages: Sequence[PassageLike] = []
-        if self.retriever is not None:
-            with part("retrieval", {"linkcoach.leadership_type": code or ""}):
-                passages = list(await self.retriever.search(question, leadership_type=code, k=4))
+        passages = await self.context(question, code)
         message_id = uuid.uuid4()
         leases.take(await self.limiter.acquire_stream(user.user_id, str(message_id)))
         return await self._store_and_start(
@@ -289,20 +286,35 @@ class ChatService:
             if req.history is not None
             else [Turn(r["role"], r["content"]) for r in history_rows]
         )
-        history = budget_history(
-            turns,
-            self.settings.history_token_budget,
-        )
-        prompt = ChatPrompt(
+        prompt = self.prompt(turns=turns, question=question, passages=passages, code=code)
+        started = TurnStarted(str(conversation_id), str(message_id), sources, replayed=False)
+        self.start_generation(started=started, prompt=prompt, leases=leases)
+        return started
+
+    async def context(self, question: str, code: str | None) -> list[PassageLike]:
+        """The passages an answer to `question` is grounded in (none without retrieval)."""
+        if self.retriever is None:
+            return []
+        with part("retrieval", {"linkcoach.leadership_type": code or ""}):
+            return list(await self.retriever.search(question, leadership_type=code, k=4))
+
+    def prompt(
+        self,
+        *,
+        turns: Sequence[Turn],
+        question: str,
+        passages: Sequence[PassageLike],
+        code: str | None,
+    ) -> ChatPrompt:
+        """The model's prompt: the type's system instruction, the history that fits
+        HISTORY_TOKEN_BUDGET (newest first), the question and its passages."""
+        return ChatPrompt(
             system=system_instruction(code),
-            history=history,
+            history=budget_history(turns, self.settings.history_token_budget),
             question=question,
             passages=passages,
             leadership_code=code,
         )
-        started = TurnStarted(str(conversation_id), str(message_id), sources, replayed=False)
-        self.start_generation(started=started, prompt=prompt, leases=leases)
-        return started
 
     def start_generation(self, *, started: TurnStarted, prompt: ChatPrompt, leases: Leases) -> Job:
         """Start the job that writes `started`'s answer; it takes over `leases`."""
