@@ -33,9 +33,9 @@ def serve_options(settings: Settings, *, workers: int = 1) -> dict[str, Any]:
         "port": settings.port,
         "workers": workers,
         "loop": "uvloop",
-        # httptools with header/body read timeouts, the connection cap, keep-alive.
+        # httptools with header/body read timeouts, the connection cap, keep-alive, and
+        # the WebSocket protocol that gives sockets the shutdown grace.
         **connection_options(settings),
-        "ws": "websockets-sansio",
         # Small frames and no compression keep a held-open socket at a few KiB.
         "ws_max_size": 64 * 1024,
         "ws_max_queue": 16,

@@ -108,6 +108,15 @@ class ServerBusy(ServiceUnavailable):
         self.headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))}
 
 
+class ServerShutdown(ServiceUnavailable):
+    """This server is stopping: reconnect, and resume, on another instance. A stream
+    open at the end of the grace gets it as its farewell event (`events.server_shutdown`);
+    a WebSocket the server closes on shutdown is closed with its close code."""
+
+    code = "server_shutdown"
+    ws_close = 1012
+
+
 class UpstreamError(AppError):
     status = 502
     code = "llm_error"

@@ -26,7 +26,13 @@ class Metrics:
             registry=r,
         )
         self.active_streams = Gauge(
-            "linkcoach_active_streams", "Open client streams", ["transport"], registry=r
+            "linkcoach_active_streams",
+            "Turns streaming to a client: SSE responses, turns running on a WebSocket",
+            ["transport"],
+            registry=r,
+        )
+        self.open_websockets = Gauge(
+            "linkcoach_open_websockets", "Authenticated WebSockets held open", registry=r
         )
         self.active_generations = Gauge(
             "linkcoach_active_generations", "Generations running in this process", registry=r

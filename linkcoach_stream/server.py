@@ -15,16 +15,26 @@ buffers for as long as it likes. `GuardedHttpToolsProtocol` adds the two missing
 
 Timers are loop callbacks, not tasks: an open connection costs no task. A WebSocket
 upgrade stops them (the socket then has its own ping timeout).
+
+On shutdown uvicorn closes every WebSocket at once with 1012, while an SSE response is
+let finish. `GracefulWebSocketProtocol` lets a socket that asked for it (a coaching
+socket, once authenticated) be told instead, so its turns get the same grace and farewell
+as SSE streams (`api/streaming.py`); a socket that did not ask is closed as before.
+Plain uvicorn gets it with `--ws linkcoach_stream.server:GracefulWebSocketProtocol`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 
+from .api.streaming import SHUTDOWN_EXTENSION
 from .config import Settings
 
 _TIMEOUT_BODY = b'{"error":{"code":"request_timeout","message":"the request was not sent in time"}}'
@@ -97,6 +107,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().handle_websocket_upgrade()
 
 
+class GracefulWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, with a say in shutdown: the app may register
+    a callback under the scope extension `SHUTDOWN_EXTENSION`; on shutdown that callback
+    is called instead of closing the socket, and the app closes it when it is done
+    (uvicorn's `timeout_graceful_shutdown` still bounds how long it may take)."""
+
+    _on_shutdown: Callable[[], None] | None = None
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][SHUTDOWN_EXTENSION] = {"listen": self._listen}
+
+    def _listen(self, callback: Callable[[], None]) -> None:
+        self._on_shutdown = callback
+
+    def shutdown(self) -> None:
+        callback, self._on_shutdown = self._on_shutdown, None
+        if callback is None or self.close_sent or self.transport.is_closing():
+            super().shutdown()
+            return
+        callback()
+
+
 def connection_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn options that bound connections (part of `cli.serve_options`)."""
     import functools
@@ -107,6 +142,8 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     return {
         # A partial of a module-level class: it pickles, so `--workers N` can spawn it.
         "http": functools.partial(GuardedHttpToolsProtocol, limits=limits),
+        # Coaching sockets get the shutdown grace and farewell SSE streams get.
+        "ws": GracefulWebSocketProtocol,
         # uvicorn counts the connection being served too, hence + 1.
         "limit_concurrency": settings.max_connections + 1 if settings.max_connections else None,
         "timeout_keep_alive": settings.keep_alive_timeout_s,

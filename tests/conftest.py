@@ -425,7 +425,8 @@ class ServerProcess:
             "--port",
             str(self.port),
             "--ws",
-            "websockets-sansio",
+            # What `linkcoach serve` runs: sockets get the shutdown grace and farewell.
+            "linkcoach_stream.server:GracefulWebSocketProtocol",
             "--no-access-log",
             "--log-level",
             "warning",

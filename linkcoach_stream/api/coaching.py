@@ -3,44 +3,23 @@ the `/chat` shim for the widget in production today."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.routing import Route
 
 from ..errors import BadRequest, NotFound
 from ..llm.base import Turn
-from ..services import events as ev
 from ..services.chat import ChatService, TurnRequest, collect
-from ..services.events import StreamEvent, TurnOutcome
+from ..services.events import TurnOutcome
 from ..services.legacy_chat import clean_history, find_continued_conversation
 from ..services.pii import mask_pii
-from .common import JSON, DbText, path_uuid, read_model, require_user
-
-SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-_FAREWELL = object()
-
-
-class QueryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    question: str
-    conversation_id: uuid.UUID | None = None
-    report_id: uuid.UUID | None = None
-    client_message_id: DbText | None = Field(default=None, min_length=1, max_length=128)
-
-    def turn(self) -> TurnRequest:
-        return TurnRequest(
-            question=self.question,
-            conversation_id=self.conversation_id,
-            report_id=self.report_id,
-            client_message_id=self.client_message_id,
-        )
+from . import sse
+from .common import JSON, path_uuid, read_model, require_user
+from .turns import QueryRequest
 
 
 class LegacyChatRequest(BaseModel):
@@ -66,83 +45,6 @@ def _chat(request: Request) -> ChatService:
     return chat
 
 
-def _frame(ev: StreamEvent) -> bytes:
-    """One SSE frame, built from the event's shared JSON encoding (compact JSON has no
-    line breaks, so it is one `data:` line)."""
-    return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (ev.id, ev.event.encode(), ev.encoded())
-
-
-class _Farewell:
-    """Given to sse-starlette as its `shutdown_event`, which it only ever `set()`s when
-    the server shuts down: instead of a waiting task per stream, setting it starts a
-    timer that queues the farewell after the grace period."""
-
-    def __init__(self, queue: asyncio.Queue[StreamEvent | None | object], grace: float) -> None:
-        self._queue = queue
-        self._grace = grace
-        self._timer: asyncio.TimerHandle | None = None
-
-    def set(self) -> None:
-        if self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._grace, self._queue.put_nowait, _FAREWELL)
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
-
-async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSourceResponse:
-    """Stream events as SSE. On server shutdown the stream keeps going for the grace
-    period; a stream still open then gets an `error` event `server_shutdown` carrying the
-    message id and last event id to resume from (on another instance), and is closed."""
-    metrics = request.state.metrics
-    settings = request.state.settings
-    # Events and the shutdown farewell meet in one queue: a pump task copies the turn's
-    # events in, and the farewell is put in by a timer once the grace period is over.
-    queue: asyncio.Queue[StreamEvent | None | object] = asyncio.Queue()
-    # Leave a second for the farewell event before sse-starlette cuts the stream.
-    shutdown = _Farewell(queue, max(0.0, settings.shutdown_grace_s - 1.0))
-
-    async def frames() -> AsyncIterator[bytes]:
-        async def pump() -> None:
-            try:
-                async for ev in events:
-                    queue.put_nowait(ev)
-            finally:
-                queue.put_nowait(None)
-
-        pumping = asyncio.create_task(pump())
-        metrics.active_streams.labels("sse").inc()
-        last_id, message_id = 0, None
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                if item is _FAREWELL:
-                    farewell = ev.server_shutdown(message_id=message_id, last_event_id=last_id)
-                    yield _frame(farewell.at(last_id + 1))
-                    return
-                assert isinstance(item, StreamEvent)
-                last_id = item.id
-                message_id = item.data.get("message_id", message_id)
-                yield _frame(item)
-        finally:
-            pumping.cancel()
-            shutdown.cancel()
-            metrics.active_streams.labels("sse").dec()
-
-    return EventSourceResponse(
-        frames(),
-        headers=SSE_HEADERS,
-        ping=settings.stream_ping_interval_s,
-        send_timeout=settings.stream_send_timeout_s,
-        shutdown_event=shutdown,  # type: ignore[arg-type]
-        shutdown_grace_period=settings.shutdown_grace_s,
-    )
-
-
 async def query_stream(request: Request) -> EventSourceResponse:
     _refuse_if_busy(request)
     user = await require_user(request)
@@ -150,7 +52,7 @@ async def query_stream(request: Request) -> EventSourceResponse:
     chat = _chat(request)
     started = await chat.start_turn(user, body.turn())
     events = await chat.turn_events(user, started)
-    return await _sse(request, events)
+    return sse.response(request, events, message_id=started.message_id)
 
 
 def _last_event_id(request: Request) -> int:
@@ -171,7 +73,7 @@ async def resume_stream(request: Request) -> EventSourceResponse:
     message_id = path_uuid(request, "message_id")
     after = _last_event_id(request)
     events = await _chat(request).events(user, message_id, after=after)
-    return await _sse(request, events)
+    return sse.response(request, events, message_id=str(message_id), after=after)
 
 
 async def cancel_stream(request: Request) -> JSON:

@@ -77,14 +77,22 @@ def parse_json_bytes(raw: bytes) -> Any:
 
 
 def validate(model: type[M], data: Any) -> M:
+    """`data` (a request body, or a WebSocket frame's fields) as `model`, or
+    `ValidationFailed` naming the first bad field."""
     if not isinstance(data, dict):
         raise ValidationFailed("request body must be a JSON object", field="body")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ValidationFailed(f"{field}: {first['msg']}", field=field) from exc
+        raise validation_failed(exc) from exc
+
+
+def validation_failed(exc: ValidationError) -> ValidationFailed:
+    """The one error a failed validation is, over HTTP (a 422 body) and on a WebSocket
+    (an `error` frame): its first problem, named by the field's path."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "body"
+    return ValidationFailed(f"{field}: {first['msg']}", field=field)
 
 
 async def read_model(request: Request, model: type[M], *, limit: int | None = None) -> M:

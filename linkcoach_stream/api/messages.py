@@ -16,8 +16,9 @@ from starlette.routing import Route
 
 from ..services import answers
 from ..services.chat import ChatService
-from .coaching import _sse
+from . import sse
 from .common import JSON, DbText, parse_json_bytes, path_uuid, read_body, require_user, validate
+from .turns import RegenerateRequest
 
 MAX_COMMENT_CHARS = 1000
 M = TypeVar("M", bound=BaseModel)
@@ -27,11 +28,6 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rating: Literal["up", "down"]
     comment: Annotated[DbText, Field(max_length=MAX_COMMENT_CHARS)] | None = None
-
-
-class RegenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    client_message_id: DbText | None = Field(default=None, min_length=1, max_length=128)
 
 
 async def feedback(request: Request) -> JSON:
@@ -58,7 +54,8 @@ async def regenerate(request: Request) -> EventSourceResponse:
     started = await answers.regenerate(
         chat, user, message_id, client_message_id=body.client_message_id
     )
-    return await _sse(request, await chat.turn_events(user, started))
+    events = await chat.turn_events(user, started)
+    return sse.response(request, events, message_id=started.message_id)
 
 
 async def read_model_or_empty(request: Request, model: type[M]) -> M:

@@ -27,7 +27,7 @@ ERROR = {
 
 
 def _operations() -> list[dict[str, Any]]:
-    from . import auth, coaching, conversations, messages
+    from . import auth, coaching, conversations, messages, turns
 
     ops: list[dict[str, Any]] = [
         {"method": "get", "path": "/health", "auth": None},
@@ -62,14 +62,14 @@ def _operations() -> list[dict[str, Any]]:
             "method": "post",
             "path": "/api/v1/coaching/query/stream",
             "auth": "bearer",
-            "body": coaching.QueryRequest,
+            "body": turns.QueryRequest,
             "stream": True,
         },
         {
             "method": "post",
             "path": "/api/v1/coaching/query",
             "auth": "bearer",
-            "body": coaching.QueryRequest,
+            "body": turns.QueryRequest,
         },
         {
             "method": "get",

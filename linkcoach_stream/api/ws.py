@@ -17,8 +17,16 @@ Protocol (also in the README):
   pays the turn limit inside the chat service, and over that it stays an `error` frame
   with the socket open. Each `question` also looks the user up (one primary-key read,
   as every HTTP request does): a user deleted since the socket opened gets 4401.
-- Close codes: 4401 auth failed/expired or user gone, 4403 origin refused, 4429 rate
-  limited, 1009 frame too large, 1011 server error, 1012 server restarting.
+- A turn on a socket is a stream like an SSE response, by the streaming edge's rules
+  (`api/streaming.py`): counted the same way in `linkcoach_active_streams`, and on
+  shutdown each running turn keeps going for the grace, then gets the `server_shutdown`
+  farewell frame (with `last_event_id`), and the socket is closed with 1012 once its last
+  turn has ended (at once when none runs); a new turn in the grace gets an `error` frame
+  `server_shutdown`. This needs the WebSocket protocol of `linkcoach serve`
+  (`server.GracefulWebSocketProtocol`); under uvicorn's own, sockets get 1012 at once.
+- Close codes, each the `ws_close` of its error in `errors.py`: 4401 auth failed/expired
+  or user gone, 4403 origin refused, 4429 rate limited, 1009 frame too large, 1011 server
+  error, 1012 server restarting.
 """
 
 from __future__ import annotations
@@ -27,22 +35,22 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..db.repositories import users
-from ..errors import AppError, RateLimited, Unauthorized
+from ..errors import AppError, Forbidden, RateLimited, ServerShutdown, Unauthorized
 from ..services import answers
 from ..services.auth import Principal
 from ..services.chat import ChatService
 from ..services.events import StreamEvent
-from .coaching import QueryRequest
-from .common import authenticate_token, dumps
-from .messages import RegenerateRequest
+from . import streaming
+from .common import authenticate_token, dumps, validate
+from .turns import QueryRequest, RegenerateRequest
 
 AUTH_TIMEOUT_S = 10.0
 MAX_CONCURRENT_TURNS = 4
@@ -55,7 +63,9 @@ class Session:
         self.chat: ChatService = ws.state.chat
         self.send_timeout: float = ws.state.settings.stream_send_timeout_s
         self.forwarders: dict[str, asyncio.Task[None]] = {}
+        self.edge = streaming.connection(ws.state, "ws")
         self._send_lock = asyncio.Lock()
+        self._closing: asyncio.Task[None] | None = None
 
     async def send_text_frame(self, frame: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -65,9 +75,31 @@ class Session:
     async def error(self, code: str, message: str, **extra: Any) -> None:
         await self.send_text_frame({"type": "error", "code": code, "message": message, **extra})
 
+    async def refuse(self, exc: AppError) -> None:
+        """An error frame with the body HTTP answers the same error with."""
+        await self.send_text_frame({"type": "error", **exc.body()["error"]})
+
     async def close_with(self, exc: AppError) -> None:
-        await self.error(exc.code, exc.message, **exc.extra)
+        await self.refuse(exc)
         await self.ws.close(code=exc.ws_close, reason=exc.message[:120])
+
+    def listen_for_shutdown(self) -> None:
+        """Ask the server's WebSocket protocol to tell this session, not close the
+        socket, when the server shuts down (when the protocol offers it)."""
+        extension = self.ws.scope.get("extensions", {}).get(streaming.SHUTDOWN_EXTENSION)
+        if extension is not None:
+            extension["listen"](self._server_shutdown)
+
+    def _server_shutdown(self) -> None:
+        self.edge.shutdown(on_drained=self._drained)
+
+    def _drained(self) -> None:
+        self._closing = asyncio.create_task(self._close_for_shutdown())
+
+    async def _close_for_shutdown(self) -> None:
+        with contextlib.suppress(RuntimeError, OSError):
+            async with self._send_lock:
+                await self.ws.close(code=ServerShutdown.ws_close, reason="server restarting")
 
     async def paid(self) -> bool:
         """Charge a frame to the per-user request limit; False (socket closed) when over."""
@@ -86,20 +118,24 @@ class Session:
         await self.close_with(Unauthorized("the token's user does not exist", code="unknown_user"))
         return False
 
-    def forward(self, message_id: str, events: Any) -> None:
+    def forward(self, message_id: str, events: AsyncIterator[StreamEvent], after: int = 0) -> None:
+        stream = self.edge.open(events, message_id=message_id, after=after)
+
         async def run() -> None:
             try:
-                async for ev in events:
-                    await self.send_text_frame(_frame(ev, message_id))
+                async with contextlib.aclosing(stream.relay()) as relayed:
+                    async for ev in relayed:
+                        await self.send_text_frame(_frame(ev, message_id))
             except (WebSocketDisconnect, RuntimeError, TimeoutError, OSError):
                 pass
             finally:
-                self.forwarders.pop(message_id, None)
+                if self.forwarders.get(message_id) is task:
+                    del self.forwarders[message_id]
 
         old = self.forwarders.pop(message_id, None)
         if old is not None:
             old.cancel()
-        self.forwarders[message_id] = asyncio.create_task(run())
+        task = self.forwarders[message_id] = asyncio.create_task(run())
 
     async def handle(self, raw: str) -> None:
         try:
@@ -135,8 +171,9 @@ class Session:
                 after = frame.get("last_event_id", 0)
                 if not isinstance(after, int) or isinstance(after, bool) or after < 0:
                     raise _FrameError("last_event_id must be a non-negative integer")
+                self.edge.admit()
                 events = await self.chat.events(self.user, message_id, after=after)
-                self.forward(str(message_id), events)
+                self.forward(str(message_id), events, after)
             elif kind == "auth":
                 await self.error("bad_frame", "already authenticated")
             else:
@@ -144,27 +181,22 @@ class Session:
         except _FrameError as exc:
             await self.error("bad_frame", str(exc))
         except AppError as exc:
-            await self.error(exc.code, exc.message, **exc.extra)
+            await self.refuse(exc)
 
     async def _question(self, frame: dict[str, Any]) -> None:
+        self.edge.admit()
         if not await self.user_exists():
             return
         if len(self.forwarders) >= MAX_CONCURRENT_TURNS:
             await self.error("too_many_turns", "wait for a running answer to finish")
             return
-        payload = {k: v for k, v in frame.items() if k != "type"}
-        try:
-            body = QueryRequest.model_validate(payload)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "frame"
-            await self.error("validation_error", f"{field}: {first['msg']}", field=field)
-            return
+        body = validate(QueryRequest, {k: v for k, v in frame.items() if k != "type"})
         started = await self.chat.start_turn(self.user, body.turn())
         events = await self.chat.turn_events(self.user, started)
         self.forward(started.message_id, events)
 
     async def _regenerate(self, frame: dict[str, Any]) -> None:
+        self.edge.admit()
         if not await self.user_exists():
             return
         if len(self.forwarders) >= MAX_CONCURRENT_TURNS:
@@ -172,13 +204,7 @@ class Session:
             return
         message_id = _uuid(frame.get("message_id"), "message_id")
         payload = {k: v for k, v in frame.items() if k not in ("type", "message_id")}
-        try:
-            body = RegenerateRequest.model_validate(payload)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "frame"
-            await self.error("validation_error", f"{field}: {first['msg']}", field=field)
-            return
+        body = validate(RegenerateRequest, payload)
         started = await answers.regenerate(
             self.chat, self.user, message_id, client_message_id=body.client_message_id
         )
@@ -191,6 +217,9 @@ class Session:
         for task in list(self.forwarders.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._closing is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._closing
 
 
 class _FrameError(Exception):
@@ -248,7 +277,7 @@ async def _authenticate(ws: WebSocket) -> Principal | None:
 
 async def coaching_ws(ws: WebSocket) -> None:
     if not _origin_allowed(ws):
-        await ws.close(code=4403, reason="origin not allowed")
+        await ws.close(code=Forbidden.ws_close, reason="origin not allowed")
         return
     try:
         user = await _authenticate(ws)
@@ -258,7 +287,8 @@ async def coaching_ws(ws: WebSocket) -> None:
         return
     session = Session(ws, user)
     metrics = ws.state.metrics
-    metrics.active_streams.labels("ws").inc()
+    metrics.open_websockets.inc()
+    session.listen_for_shutdown()
     try:
         await session.send_text_frame({"type": "ready", "user_id": user.user_id})
         while True:
@@ -275,7 +305,7 @@ async def coaching_ws(ws: WebSocket) -> None:
     except (WebSocketDisconnect, TimeoutError, RuntimeError):
         pass
     finally:
-        metrics.active_streams.labels("ws").dec()
+        metrics.open_websockets.dec()
         await session.close()
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from ..errors import ServerShutdown
+
 META = "meta"
 DELTA = "delta"
 DONE = "done"
@@ -142,7 +144,7 @@ def server_shutdown(*, message_id: str | None, last_event_id: int) -> StreamEven
         0,
         ERROR,
         {
-            "code": "server_shutdown",
+            "code": ServerShutdown.code,
             "message": SERVER_SHUTDOWN,
             "message_id": message_id,
             "last_event_id": last_event_id,

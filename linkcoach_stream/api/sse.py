@@ -1,0 +1,61 @@
+"""Server-Sent Events: a turn's stream encoded as SSE frames. The rules (counting, the
+shutdown grace and farewell) are the streaming edge's (`api/streaming.py`); this module
+only frames events and hands them to sse-starlette, which adds the pings, the send
+timeout, disconnect detection and tells the edge when the server shuts down."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+
+from ..services.events import StreamEvent
+from . import streaming
+
+SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+def frame(ev: StreamEvent) -> bytes:
+    """One SSE frame, built from the event's shared JSON encoding (compact JSON has no
+    line breaks, so it is one `data:` line)."""
+    return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (ev.id, ev.event.encode(), ev.encoded())
+
+
+class _ShutdownNotice:
+    """Given to sse-starlette as its `shutdown_event`, which it only ever `set()`s, when
+    the server shuts down: instead of a waiting task per stream, it tells the edge."""
+
+    def __init__(self, notify: Callable[[], None]) -> None:
+        self._notify = notify
+
+    def set(self) -> None:
+        self._notify()
+
+
+def response(
+    request: Request,
+    events: AsyncIterator[StreamEvent],
+    *,
+    message_id: str | None,
+    after: int = 0,
+) -> EventSourceResponse:
+    """Stream a turn's events (after event `after`) as SSE, by the edge's rules."""
+    settings = request.state.settings
+    conn = streaming.connection(request.state, "sse")
+    stream = conn.open(events, message_id=message_id, after=after)
+
+    async def frames() -> AsyncIterator[bytes]:
+        async with aclosing(stream.relay()) as relayed:
+            async for ev in relayed:
+                yield frame(ev)
+
+    return EventSourceResponse(
+        frames(),
+        headers=SSE_HEADERS,
+        ping=settings.stream_ping_interval_s,
+        send_timeout=settings.stream_send_timeout_s,
+        shutdown_event=_ShutdownNotice(conn.shutdown),  # type: ignore[arg-type]
+        shutdown_grace_period=settings.shutdown_grace_s,
+    )
