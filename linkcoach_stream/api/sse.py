@@ -19,7 +19,10 @@ SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 def frame(ev: StreamEvent) -> bytes:
     """One SSE frame, built from the event's shared JSON encoding (compact JSON has no
-    line breaks, so it is one `data:` line)."""
+    line breaks, so it is one `data:` line). An unnumbered event (the farewell) has no
+    `id:`, so a browser's `Last-Event-ID` stays the last event of the answer."""
+    if ev.id == 0:
+        return b"event: %s\r\ndata: %s\r\n\r\n" % (ev.event.encode(), ev.encoded())
     return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (ev.id, ev.event.encode(), ev.encoded())
 
 

@@ -13,9 +13,10 @@ what this module hands them.
   socket's listener registered under `SHUTDOWN_EXTENSION`. Every open stream then keeps
   going for `SHUTDOWN_GRACE` − 1 s; a stream still open then ends with the farewell,
   `error` `server_shutdown` with the `message_id` and the `last_event_id` to resume from
-  (on another instance). A connection refuses new turns once it is told
-  (`Connection.admit`, `ServerShutdown`), and one whose last stream has ended is closed:
-  the SSE response ends, the socket is closed with `ServerShutdown.ws_close` (1012).
+  (on another instance), framed without an id of its own. A connection refuses new turns
+  once it is told (`Connection.admit`, `ServerShutdown`), and one whose last stream has
+  ended is closed: the SSE response ends, the socket is closed with
+  `ServerShutdown.ws_close` (1012).
 - **Refusals.** A turn refused before it starts is an `AppError`; its body (HTTP) and its
   `error` frame (WebSocket) are both `AppError.body()`, so a bad field reads the same on
   both (`common.validate` makes every validation failure one `ValidationFailed`).
@@ -71,9 +72,9 @@ class Stream:
             self._waiting.reschedule(when)
 
     def farewell(self) -> StreamEvent:
-        return ev.server_shutdown(
-            message_id=self.message_id, last_event_id=self.last_event_id
-        ).at(self.last_event_id + 1)
+        """Unnumbered (id 0, framed without an id): it is no event of the answer's log,
+        and a client that took its id as the last one seen would resume one event late."""
+        return ev.server_shutdown(message_id=self.message_id, last_event_id=self.last_event_id)
 
     async def relay(self) -> AsyncGenerator[StreamEvent, None]:
         """The turn's events, then the farewell if the server's grace ran out first."""

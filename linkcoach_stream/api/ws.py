@@ -234,6 +234,9 @@ def _uuid(value: Any, name: str) -> uuid.UUID:
 
 
 def _frame(ev: StreamEvent, message_id: str) -> dict[str, Any]:
+    """The SSE event as a frame; an unnumbered one (the farewell) has no `id`, as over SSE."""
+    if ev.id == 0:
+        return {"type": ev.event, "message_id": message_id, **ev.data}
     return {"type": ev.event, "id": ev.id, "message_id": message_id, **ev.data}
 
 
