@@ -208,6 +208,83 @@ def max_output_tokens(answer_tokens: int, thinking_budget: int) -> int:
     return answer_tokens + max(0, thinking_budget)
 
 
+class _ChunkDeadline:
+    """The first-chunk and idle-gap timeouts of one upstream request, on one timer.
+
+    Each read only records when it began; the timer, when it fires, arms itself again
+    for the time still left and cancels the task only once a read has really waited
+    past the limit (the time the reader spends on a part between reads does not count).
+    An `asyncio.timeout` around each read rescheduled a timer per chunk, 4 % of the
+    server's CPU at 400 concurrent answers. Cancellation follows `asyncio.timeout`: the
+    task is cancelled, and `expired_here` uncancels it and tells the reader to raise its
+    own error only when nothing else cancelled the task meanwhile.
+    """
+
+    __slots__ = (
+        "_loop",
+        "_task",
+        "_cancelling",
+        "_first",
+        "_idle",
+        "_last",
+        "_text",
+        "_reading",
+        "_handle",
+        "_expired",
+    )
+
+    def __init__(self, *, first_s: float, idle_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._first, self._idle = first_s, idle_s
+        self._last = self._loop.time()
+        self._text = False
+        self._reading = False
+        self._expired = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
+            self._last + first_s, self._fire
+        )
+
+    def reading(self) -> None:
+        """A read of the next part begins."""
+        self._last = self._loop.time()
+        self._reading = True
+
+    def part(self, *, text: bool) -> None:
+        """A part arrived; from the first text on, the idle limit applies."""
+        self._reading = False
+        if text and not self._text and self._handle is not None:
+            # Once per request: the timer was set for the (longer) first-chunk limit.
+            self._handle.cancel()
+            self._handle = self._loop.call_at(self._loop.time() + self._idle, self._fire)
+        self._text = text
+
+    def _fire(self) -> None:
+        limit = self._idle if self._text else self._first
+        due = (self._last if self._reading else self._loop.time()) + limit
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._fire)
+            return
+        self._handle = None
+        self._expired = True
+        self._task.cancel()
+
+    def expired_here(self) -> bool:
+        """True when this deadline (and nothing else) cancelled the task."""
+        if not self._expired:
+            return False
+        self._expired = False
+        return self._task.uncancel() <= self._cancelling
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class GeminiProvider:
     name = "gemini"
 
@@ -255,9 +332,7 @@ class GeminiProvider:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-                timeout=aiohttp.ClientTimeout(
-                    total=self.settings.llm_total_timeout_s, connect=5.0
-                ),
+                timeout=aiohttp.ClientTimeout(total=self.settings.llm_total_timeout_s, connect=5.0),
                 # Gemini's stream is not compressed; nothing to sniff or decode.
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
@@ -366,21 +441,25 @@ class GeminiProvider:
     async def stream(self, prompt: ChatPrompt, result: StreamResult) -> AsyncIterator[str]:
         direct = self.settings.gemini_stream_transport == "direct"
         body = self._direct_body(prompt) if direct else b""
-        first_timeout = self.settings.llm_first_chunk_timeout_s
-        idle_timeout = self.settings.llm_idle_timeout_s
         attempt = 0
         while True:
             started = False
+            deadline = _ChunkDeadline(
+                first_s=self.settings.llm_first_chunk_timeout_s,
+                idle_s=self.settings.llm_idle_timeout_s,
+            )
             try:
                 source = self._direct_parts(body) if direct else self._sdk_parts(prompt)
                 async with contextlib.aclosing(source) as parts:
                     while True:
+                        deadline.reading()
                         try:
-                            async with asyncio.timeout(idle_timeout if started else first_timeout):
-                                text, finish, usage = await anext(parts)
+                            text, finish, usage = await anext(parts)
                         except StopAsyncIteration:
                             break
-                        except TimeoutError:
+                        except asyncio.CancelledError:
+                            if not deadline.expired_here():
+                                raise
                             raise LLMError(
                                 "Gemini stalled mid-answer"
                                 if started
@@ -394,6 +473,8 @@ class GeminiProvider:
                             result.finish_reason = finish.lower()
                         if text:
                             started = True
+                        deadline.part(text=started)
+                        if text:
                             yield text
                 result.finish_reason = result.finish_reason or "stop"
                 return
@@ -405,6 +486,8 @@ class GeminiProvider:
                     raise error from exc
                 attempt += 1
                 await self._backoff(attempt)
+            finally:
+                deadline.close()
 
     async def generate_json(
         self, *, system: str, prompt: str, schema: dict[str, Any]
