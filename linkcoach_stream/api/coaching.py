@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from ..errors import BadRequest, NotFound
 from ..llm.base import Turn
+from ..server import WRITE_TIMEOUT_EXTENSION
 from ..services import events as ev
 from ..services.chat import ChatService, TurnRequest, collect
 from ..services.events import StreamEvent, TurnOutcome
@@ -137,7 +138,11 @@ async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSou
         frames(),
         headers=SSE_HEADERS,
         ping=settings.stream_ping_interval_s,
-        send_timeout=settings.stream_send_timeout_s,
+        # Under `linkcoach serve` the connection itself bounds a stalled write
+        # (`server.py`), which costs nothing per frame.
+        send_timeout=None
+        if WRITE_TIMEOUT_EXTENSION in request.scope.get("extensions", ())
+        else settings.stream_send_timeout_s,
         shutdown_event=shutdown,  # type: ignore[arg-type]
         shutdown_grace_period=settings.shutdown_grace_s,
     )
