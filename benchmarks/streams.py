@@ -1329,6 +1329,7 @@ def emulator_args(args: argparse.Namespace) -> list[str]:
     for flag, value in (
         ("--ttft-ms", args.emulator_ttft_ms),
         ("--chunk-interval-ms", args.emulator_gap_ms),
+        ("--chunks", args.emulator_chunks),
     ):
         if value:
             out[out.index(flag) + 1] = value
@@ -1412,6 +1413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume-trials", type=int, default=24)
     parser.add_argument("--profile", action="store_true", help="py-spy the full server at 1000")
     parser.add_argument("--profile-only", action="store_true")
+    parser.add_argument("--profile-level", type=int, default=1000, help="streams while profiling")
     parser.add_argument(
         "--overload",
         type=int,
@@ -1429,6 +1431,7 @@ def main(argv: list[str] | None = None) -> int:
         "--emulator-ttft-ms", help="emulator first-token delay, e.g. 300 or 300-800"
     )
     parser.add_argument("--emulator-gap-ms", help="emulator chunk interval, e.g. 100 or 50-150")
+    parser.add_argument("--emulator-chunks", help="chunks per answer (default 12)")
     parser.add_argument("--variant", help="name of this configuration: results/streams-NAME.json")
     parser.add_argument("--keep", action="store_true", help="keep data dirs under the run dir")
     parser.add_argument("--report-only", action="store_true", help="re-render RESULTS.md")
@@ -1498,8 +1501,10 @@ def main(argv: list[str] | None = None) -> int:
                 h.log(f"scale-out at {scale_level}")
                 result["scale_out"] = scale_out(b, scale_level)
         if args.profile or args.profile_only:
-            h.log("profiling both servers at 1000 streams")
-            result["profile"] = {kind: profile_run(b, kind) for kind in ("full", "baseline")}
+            h.log(f"profiling both servers at {args.profile_level} streams")
+            result["profile"] = {
+                kind: profile_run(b, kind, level=args.profile_level) for kind in ("full", "baseline")
+            }
     finally:
         if b.emulator is not None:
             b.emulator.stop()

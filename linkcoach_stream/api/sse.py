@@ -1,7 +1,8 @@
 """Server-Sent Events: a turn's stream encoded as SSE frames. The rules (counting, the
 shutdown grace and farewell) are the streaming edge's (`api/streaming.py`); this module
-only frames events and hands them to sse-starlette, which adds the pings, the send
-timeout, disconnect detection and tells the edge when the server shuts down."""
+only frames events and hands them to sse-starlette, which adds the pings, disconnect
+detection, the send timeout (where the connection does not bound writes itself) and
+tells the edge when the server shuts down."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from contextlib import aclosing
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 
+from ..server import WRITE_TIMEOUT_EXTENSION
 from ..services.events import StreamEvent
 from . import streaming
 
@@ -58,7 +60,11 @@ def response(
         frames(),
         headers=SSE_HEADERS,
         ping=settings.stream_ping_interval_s,
-        send_timeout=settings.stream_send_timeout_s,
+        # Under `linkcoach serve` the connection itself bounds a stalled write
+        # (`server.py`), which costs nothing per frame.
+        send_timeout=None
+        if WRITE_TIMEOUT_EXTENSION in request.scope.get("extensions", ())
+        else settings.stream_send_timeout_s,
         shutdown_event=_ShutdownNotice(conn.shutdown),  # type: ignore[arg-type]
         shutdown_grace_period=settings.shutdown_grace_s,
     )

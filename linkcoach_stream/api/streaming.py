@@ -10,7 +10,7 @@ what this module hands them.
 - **Shutdown.** When the server begins to shut down, the transport tells its connection
   (`Connection.shutdown`): sse-starlette sets the response's `shutdown_event`, the
   WebSocket protocol of `linkcoach serve` (`server.GracefulWebSocketProtocol`) calls the
-  socket's listener registered under `SHUTDOWN_EXTENSION`. Every open stream then keeps
+  socket's listener registered under `server.SHUTDOWN_EXTENSION`. Every open stream then keeps
   going for `SHUTDOWN_GRACE` − 1 s; a stream still open then ends with the farewell,
   `error` `server_shutdown` with the `message_id` and the `last_event_id` to resume from
   (on another instance), framed without an id of its own. A connection refuses new turns
@@ -41,9 +41,6 @@ from ..metrics import Metrics
 from ..services import events as ev
 from ..services.events import StreamEvent
 
-# The ASGI scope extension through which a WebSocket protocol tells the app that the
-# server is shutting down: `{"listen": callable}`, where the app registers its callback.
-SHUTDOWN_EXTENSION = "linkcoach.shutdown"
 FAREWELL_MARGIN_S = 1.0
 
 

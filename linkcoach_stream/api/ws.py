@@ -44,6 +44,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..db.repositories import users
 from ..errors import AppError, Forbidden, RateLimited, ServerShutdown, Unauthorized
+from ..server import SHUTDOWN_EXTENSION
 from ..services import answers
 from ..services.auth import Principal
 from ..services.chat import ChatService
@@ -86,7 +87,7 @@ class Session:
     def listen_for_shutdown(self) -> None:
         """Ask the server's WebSocket protocol to tell this session, not close the
         socket, when the server shuts down (when the protocol offers it)."""
-        extension = self.ws.scope.get("extensions", {}).get(streaming.SHUTDOWN_EXTENSION)
+        extension = self.ws.scope.get("extensions", {}).get(SHUTDOWN_EXTENSION)
         if extension is not None:
             extension["listen"](self._server_shutdown)
 

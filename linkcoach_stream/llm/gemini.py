@@ -14,9 +14,12 @@ Deliberate decisions:
 - Chat streams read Gemini's `:streamGenerateContent?alt=sse` protocol directly by
   default (`GEMINI_STREAM_TRANSPORT=direct`): under load the SDK's per-chunk work (a
   pydantic `GenerateContentResponse` per chunk, its line decoder, the retry wrapper) was
-  over half of the server's CPU. The direct reader sends the same request over the same
-  httpx clients and parses each event with orjson; `GEMINI_STREAM_TRANSPORT=sdk` goes
-  through google-genai instead. Reports (unary JSON) always use the SDK.
+  over half of the server's CPU. The direct reader sends the same request through
+  aiohttp and parses each event with orjson; `GEMINI_STREAM_TRANSPORT=sdk` goes through
+  google-genai instead. Reports (unary JSON) always use the SDK. aiohttp, not the SDK's
+  httpx: at 400 concurrent 40-chunk answers httpx/httpcore/h11 (pure-Python HTTP/1.1
+  parsing, per chunk) were 30 % of the server's CPU; aiohttp parses with llhttp (C) and
+  its pool is not scanned per request, so one session serves every stream.
 - Every request states its thinking budget (`GEMINI_THINKING_BUDGET` for chat, 0 by
   default; `REPORT_THINKING_BUDGET` for reports, -1 = dynamic): left out, gemini-2.5-flash
   thinks before its first visible token, which delays it by seconds and spends the
@@ -36,6 +39,7 @@ import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 from google import genai
@@ -60,7 +64,7 @@ def _classify(exc: BaseException) -> LLMError:
         return _status_error(code, getattr(exc, "message", "") or str(exc))
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return LLMError("Gemini did not answer in time", kind="timeout", retryable=True)
-    if isinstance(exc, httpx.HTTPError | OSError):
+    if isinstance(exc, httpx.HTTPError | aiohttp.ClientError | OSError):
         return LLMError(
             f"Gemini connection failed: {type(exc).__name__}", kind="connection", retryable=True
         )
@@ -204,6 +208,83 @@ def max_output_tokens(answer_tokens: int, thinking_budget: int) -> int:
     return answer_tokens + max(0, thinking_budget)
 
 
+class _ChunkDeadline:
+    """The first-chunk and idle-gap timeouts of one upstream request, on one timer.
+
+    Each read only records when it began; the timer, when it fires, arms itself again
+    for the time still left and cancels the task only once a read has really waited
+    past the limit (the time the reader spends on a part between reads does not count).
+    An `asyncio.timeout` around each read rescheduled a timer per chunk, 4 % of the
+    server's CPU at 400 concurrent answers. Cancellation follows `asyncio.timeout`: the
+    task is cancelled, and `expired_here` uncancels it and tells the reader to raise its
+    own error only when nothing else cancelled the task meanwhile.
+    """
+
+    __slots__ = (
+        "_loop",
+        "_task",
+        "_cancelling",
+        "_first",
+        "_idle",
+        "_last",
+        "_text",
+        "_reading",
+        "_handle",
+        "_expired",
+    )
+
+    def __init__(self, *, first_s: float, idle_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._first, self._idle = first_s, idle_s
+        self._last = self._loop.time()
+        self._text = False
+        self._reading = False
+        self._expired = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
+            self._last + first_s, self._fire
+        )
+
+    def reading(self) -> None:
+        """A read of the next part begins."""
+        self._last = self._loop.time()
+        self._reading = True
+
+    def part(self, *, text: bool) -> None:
+        """A part arrived; from the first text on, the idle limit applies."""
+        self._reading = False
+        if text and not self._text and self._handle is not None:
+            # Once per request: the timer was set for the (longer) first-chunk limit.
+            self._handle.cancel()
+            self._handle = self._loop.call_at(self._loop.time() + self._idle, self._fire)
+        self._text = text
+
+    def _fire(self) -> None:
+        limit = self._idle if self._text else self._first
+        due = (self._last if self._reading else self._loop.time()) + limit
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._fire)
+            return
+        self._handle = None
+        self._expired = True
+        self._task.cancel()
+
+    def expired_here(self) -> bool:
+        """True when this deadline (and nothing else) cancelled the task."""
+        if not self._expired:
+            return False
+        self._expired = False
+        return self._task.uncancel() <= self._cancelling
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class GeminiProvider:
     name = "gemini"
 
@@ -228,6 +309,8 @@ class GeminiProvider:
                 genai.Client(api_key=settings.gemini_api_key, http_options=options)
             )
         self._next = 0
+        # Created on first use: an aiohttp session belongs to the running event loop.
+        self._session: aiohttp.ClientSession | None = None
         base = (settings.gemini_base_url or _DEFAULT_BASE_URL).rstrip("/")
         self._stream_url = (
             f"{base}/{_API_VERSION}/models/{self.model}:streamGenerateContent?alt=sse"
@@ -244,6 +327,17 @@ class GeminiProvider:
 
     def _client(self) -> genai.Client:
         return self._clients[self._shard()]
+
+    def _stream_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                timeout=aiohttp.ClientTimeout(total=self.settings.llm_total_timeout_s, connect=5.0),
+                # Gemini's stream is not compressed; nothing to sniff or decode.
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
 
     def _contents(self, prompt: ChatPrompt) -> list[types.Content]:
         contents = [
@@ -315,18 +409,17 @@ class GeminiProvider:
 
     async def _direct_parts(self, body: bytes) -> AsyncGenerator[_Part, None]:
         """One request over `:streamGenerateContent?alt=sse`, parsed without the SDK."""
-        http = self._https[self._shard()]
-        async with http.stream(
-            "POST", self._stream_url, content=body, headers=self._headers
+        async with self._stream_session().post(
+            self._stream_url, data=body, headers=self._headers
         ) as response:
-            if response.status_code != 200:
+            if response.status != 200:
                 try:
-                    error = orjson.loads(await response.aread()).get("error")
+                    error = orjson.loads(await response.read()).get("error")
                 except (orjson.JSONDecodeError, AttributeError):
                     error = None
-                raise _api_error(response.status_code, error)
+                raise _api_error(response.status, error)
             reader = _EventReader()
-            async for data in response.aiter_bytes():
+            async for data in response.content.iter_any():
                 for event in reader.feed(data):
                     yield _event_part(event)
             for event in reader.close():
@@ -348,21 +441,25 @@ class GeminiProvider:
     async def stream(self, prompt: ChatPrompt, result: StreamResult) -> AsyncIterator[str]:
         direct = self.settings.gemini_stream_transport == "direct"
         body = self._direct_body(prompt) if direct else b""
-        first_timeout = self.settings.llm_first_chunk_timeout_s
-        idle_timeout = self.settings.llm_idle_timeout_s
         attempt = 0
         while True:
             started = False
+            deadline = _ChunkDeadline(
+                first_s=self.settings.llm_first_chunk_timeout_s,
+                idle_s=self.settings.llm_idle_timeout_s,
+            )
             try:
                 source = self._direct_parts(body) if direct else self._sdk_parts(prompt)
                 async with contextlib.aclosing(source) as parts:
                     while True:
+                        deadline.reading()
                         try:
-                            async with asyncio.timeout(idle_timeout if started else first_timeout):
-                                text, finish, usage = await anext(parts)
+                            text, finish, usage = await anext(parts)
                         except StopAsyncIteration:
                             break
-                        except TimeoutError:
+                        except asyncio.CancelledError:
+                            if not deadline.expired_here():
+                                raise
                             raise LLMError(
                                 "Gemini stalled mid-answer"
                                 if started
@@ -376,6 +473,8 @@ class GeminiProvider:
                             result.finish_reason = finish.lower()
                         if text:
                             started = True
+                        deadline.part(text=started)
+                        if text:
                             yield text
                 result.finish_reason = result.finish_reason or "stop"
                 return
@@ -387,6 +486,8 @@ class GeminiProvider:
                     raise error from exc
                 attempt += 1
                 await self._backoff(attempt)
+            finally:
+                deadline.close()
 
     async def generate_json(
         self, *, system: str, prompt: str, schema: dict[str, Any]
@@ -422,3 +523,5 @@ class GeminiProvider:
     async def aclose(self) -> None:
         for http in self._https:
             await http.aclose()
+        if self._session is not None:
+            await self._session.close()

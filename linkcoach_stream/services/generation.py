@@ -169,6 +169,8 @@ class Generation:
         """Stream the provider's answer into the coalescer, measuring as it comes."""
         provider = self.provider.name
         stall_s = 2 * self.settings.expected_chunk_gap_ms / 1000
+        # Looked up once, not per chunk (`labels()` takes a lock and builds a key).
+        gaps = self.metrics.chunk_gap_seconds.labels(provider)
         async with asyncio.timeout(self.settings.llm_total_timeout_s):
             async for chunk in self.provider.stream(prompt, progress.result):
                 now = time.perf_counter()
@@ -178,7 +180,7 @@ class Generation:
                     progress.trace.first_chunk(now - progress.t0)
                 else:
                     gap = now - progress.last_chunk_at
-                    self.metrics.chunk_gap_seconds.labels(provider).observe(gap)
+                    gaps.observe(gap)
                     if gap > stall_s:
                         self.metrics.chunk_stalls.labels(provider).inc()
                 progress.last_chunk_at = now

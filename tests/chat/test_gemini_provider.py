@@ -152,3 +152,48 @@ def test_event_reader_refuses_garbage() -> None:
     reader.feed(b"<html>proxy error\n")
     with pytest.raises(LLMError):
         reader.close()
+
+
+async def test_chunk_deadline_counts_only_the_time_spent_waiting_for_a_part() -> None:
+    """A reader that is slow between parts is not a stalled upstream; a read that waits
+    past the limit is; a cancel from elsewhere stays a cancel."""
+    import asyncio
+
+    from linkcoach_stream.llm.gemini import _ChunkDeadline
+
+    made: list[_ChunkDeadline] = []
+
+    async def reads(waits: list[float], *, first: float, idle: float, pause: float) -> str:
+        deadline = _ChunkDeadline(first_s=first, idle_s=idle)
+        made.append(deadline)
+        try:
+            for wait in waits:
+                deadline.reading()
+                try:
+                    await asyncio.sleep(wait)
+                except asyncio.CancelledError:
+                    if deadline.expired_here():
+                        return "timed out"
+                    raise
+                deadline.part(text=True)
+                await asyncio.sleep(pause)  # the reader's own work between parts
+            return "complete"
+        finally:
+            deadline.close()
+
+    # Parts 0.05 s apart, the reader pausing 0.2 s after each: well past the 0.1 s limit
+    # in all, never while waiting.
+    assert await reads([0.05] * 4, first=0.3, idle=0.1, pause=0.2) == "complete"
+    # The third part takes 0.4 s to come: the idle limit (0.1 s) applies after text.
+    assert await reads([0.05, 0.05, 0.4], first=1.0, idle=0.1, pause=0) == "timed out"
+    # No first part within its own limit.
+    assert await reads([0.4], first=0.1, idle=5.0, pause=0) == "timed out"
+
+    # Cancelled from elsewhere in the same moment the deadline passes: still a cancel.
+    task = asyncio.create_task(reads([5.0], first=5.0, idle=5.0, pause=0))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    made[-1]._last -= 10  # the read has waited past its limit
+    made[-1]._fire()
+    with pytest.raises(asyncio.CancelledError):
+        await task

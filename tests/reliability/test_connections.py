@@ -4,6 +4,9 @@ keep-alive connections closed, and connections past MAX_CONNECTIONS refused."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +21,7 @@ from linkcoach_stream.cli import serve_options
 from linkcoach_stream.config import Settings
 from linkcoach_stream.server import GuardedHttpToolsProtocol
 
-from ..conftest import API_KEY, free_port, until
+from ..conftest import API_KEY, free_port, gemini_settings, make_user, until
 
 HEADER_TIMEOUT = 0.6
 BODY_TIMEOUT = 0.8
@@ -26,13 +29,26 @@ KEEP_ALIVE = 0.5
 MAX_CONNECTIONS = 6
 
 
+class SmallSendBuffer(GuardedHttpToolsProtocol):
+    """The guarded protocol with a small kernel send buffer, so a client that does not
+    read fills the connection after a few frames instead of megabytes."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        super().connection_made(transport)
+
+
 @asynccontextmanager
-async def serve_like_the_cli(settings: Settings) -> AsyncIterator[tuple[str, int]]:
+async def serve_like_the_cli(
+    settings: Settings, *, protocol: type[GuardedHttpToolsProtocol] | None = None
+) -> AsyncIterator[tuple[str, int]]:
     """The app under uvicorn with the options `linkcoach serve` passes, the HTTP protocol
     and its limits included (less workers, event loop and factory)."""
     options: dict[str, Any] = serve_options(settings.with_overrides(port=free_port()))
     for name in ("factory", "workers", "loop"):
         options.pop(name)
+    if protocol is not None:
+        options["http"] = functools.partial(protocol, **options["http"].keywords)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), lifespan="on", **options))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
@@ -167,3 +183,59 @@ async def test_connections_past_the_cap_are_refused_until_some_close(
     await asyncio.sleep(0.1)
     async with httpx.AsyncClient(base_url=url, timeout=5) as client:
         assert (await client.get("/health")).status_code == 200
+
+
+async def test_a_client_that_stops_reading_a_stream_is_dropped_and_its_answer_completes(
+    settings: Settings, emulator: str, db: Any
+) -> None:
+    """The connection's write timer, not a timeout per frame: a reader whose socket
+    takes nothing for STREAM_SEND_TIMEOUT is cut off, and the answer is still written."""
+    send_timeout = 0.8
+    served = gemini_settings(settings, emulator).with_overrides(
+        stream_send_timeout_s=send_timeout, llm_max_output_tokens=500_000
+    )
+    async with serve_like_the_cli(served, protocol=SmallSendBuffer) as (url, port):
+        async with httpx.AsyncClient(base_url=url) as client:
+            user = await make_user(client)
+        # A large answer (~500 KB of frames), fast, to a socket with a tiny receive window.
+        marker = "[[emulator:ttft_ms=10,chunk_interval_ms=1,chunks=400,chunk_chars=400]]"
+        body = json.dumps({"question": f"긴 답 {marker}"}).encode()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+        writer.write(
+            b"POST /api/v1/coaching/query/stream HTTP/1.1\r\nhost: x\r\n"
+            b"authorization: Bearer %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (user.token.encode(), len(body), body)
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        # Read nothing for longer than the timeout, then everything that is left.
+        await asyncio.sleep(send_timeout + 3)
+        try:
+            tail = await asyncio.wait_for(reader.read(), 10)
+        except ConnectionError:
+            tail = b""  # reset: the server aborted the connection
+        finally:
+            writer.close()
+        assert not tail.endswith(b"0\r\n\r\n"), "the whole stream was delivered"
+        assert b"event: done" not in tail
+
+        async def stored() -> Any:
+            return await db.fetchrow(
+                "SELECT status, length(content) AS n FROM messages"
+                " WHERE user_id = $1 AND role = 'assistant'",
+                user.user_id,
+            )
+
+        row = None
+        for _ in range(300):
+            row = await stored()
+            if row is not None and row["status"] == "complete":
+                break
+            await asyncio.sleep(0.1)
+        assert row is not None and row["status"] == "complete", row
+        assert row["n"] >= 400 * 400 * 0.9
