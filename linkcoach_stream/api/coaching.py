@@ -7,7 +7,6 @@ from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -45,7 +44,7 @@ def _chat(request: Request) -> ChatService:
     return chat
 
 
-async def query_stream(request: Request) -> EventSourceResponse:
+async def query_stream(request: Request) -> sse.EventStream:
     _refuse_if_busy(request)
     user = await require_user(request)
     body = await read_model(request, QueryRequest)
@@ -68,7 +67,7 @@ def _last_event_id(request: Request) -> int:
     return value
 
 
-async def resume_stream(request: Request) -> EventSourceResponse:
+async def resume_stream(request: Request) -> sse.EventStream:
     user = await require_user(request)
     message_id = path_uuid(request, "message_id")
     after = _last_event_id(request)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -46,7 +45,7 @@ async def feedback(request: Request) -> JSON:
     return JSON(stored)
 
 
-async def regenerate(request: Request) -> EventSourceResponse:
+async def regenerate(request: Request) -> sse.EventStream:
     user = await require_user(request)
     message_id = path_uuid(request, "message_id")
     body = await read_model_or_empty(request, RegenerateRequest)

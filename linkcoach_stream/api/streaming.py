@@ -7,10 +7,11 @@ what this module hands them.
   SSE request, a socket) opens its streams here; `linkcoach_active_streams{transport}`
   counts the open streams the same way on both transports, so a socket with no turn
   running counts as none (`linkcoach_open_websockets` counts sockets).
-- **Shutdown.** When the server begins to shut down, the transport tells its connection
-  (`Connection.shutdown`): sse-starlette sets the response's `shutdown_event`, the
-  WebSocket protocol of `linkcoach serve` (`server.GracefulWebSocketProtocol`) calls the
-  socket's listener registered under `server.SHUTDOWN_EXTENSION`. Every open stream then keeps
+- **Shutdown.** When the server begins to shut down, each connection is told
+  (`Connection.shutdown`): an SSE response by this module's watch of the uvicorn server
+  (`Connection.watch_shutdown`, one polling task per process), a socket by the WebSocket
+  protocol of `linkcoach serve` (`server.GracefulWebSocketProtocol`), through the
+  listener it registers under `server.SHUTDOWN_EXTENSION`. Every open stream then keeps
   going for `SHUTDOWN_GRACE` − 1 s; a stream still open then ends with the farewell,
   `error` `server_shutdown` with the `message_id` and the `last_event_id` to resume from
   (on another instance), framed without an id of its own. A connection refuses new turns
@@ -22,8 +23,8 @@ what this module hands them.
   both (`common.validate` makes every validation failure one `ValidationFailed`).
 
 Decisions, and what not to "fix":
-- The farewell is due one second before `SHUTDOWN_GRACE` so that it is written before
-  sse-starlette cuts the response at `SHUTDOWN_GRACE`.
+- The farewell is due at `SHUTDOWN_GRACE` − 1 s (the documented timing): the second
+  left lets it reach a slow client before the grace is over.
 - A stream waits for its next event inside an `asyncio.Timeout` with no deadline, moved
   to the farewell's time when shutdown begins: no task, queue or timer per stream until
   then. The timeout covers only the wait for the next event, never the transport's send,
@@ -33,6 +34,8 @@ Decisions, and what not to "fix":
 from __future__ import annotations
 
 import asyncio
+import signal
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
@@ -61,12 +64,18 @@ class Stream:
         self._events = events
         self._deadline: float | None = None
         self._waiting: asyncio.Timeout | None = None
+        self._left = False
 
     def farewell_at(self, when: float) -> None:
         """End with the farewell once the loop's clock reaches `when`."""
         self._deadline = when
         if self._waiting is not None:
             self._waiting.reschedule(when)
+
+    def leave(self) -> None:
+        """The client is gone: end now, without a farewell."""
+        self._left = True
+        self.farewell_at(asyncio.get_running_loop().time())
 
     def farewell(self) -> StreamEvent:
         """Unnumbered (id 0, framed without an id): it is no event of the answer's log,
@@ -83,7 +92,8 @@ class Stream:
         try:
             while True:
                 if self._deadline is not None and loop.time() >= self._deadline:
-                    yield self.farewell()
+                    if not self._left:
+                        yield self.farewell()
                     return
                 try:
                     async with asyncio.timeout_at(self._deadline) as waiting:
@@ -94,7 +104,8 @@ class Stream:
                 except TimeoutError:
                     if not waiting.expired():
                         raise  # raised by the events themselves, not the grace's end
-                    yield self.farewell()
+                    if not self._left:
+                        yield self.farewell()
                     return
                 finally:
                     self._waiting = None
@@ -129,6 +140,11 @@ class Connection:
     ) -> Stream:
         return Stream(self, events, message_id=message_id, after=after)
 
+    def watch_shutdown(self) -> None:
+        """Be told of the server's shutdown by the edge's own watch (for a transport
+        that has no way to say it: an HTTP response)."""
+        _ShutdownWatch.of_this_loop().add(self)
+
     def shutdown(self, on_drained: Callable[[], None] | None = None) -> None:
         """The server is shutting down: every open stream gets the grace, then the
         farewell. `on_drained` is called once no stream is open (at once if none is)."""
@@ -158,6 +174,57 @@ class Connection:
         if self.shutting_down and not self.streams and self._on_drained is not None:
             on_drained, self._on_drained = self._on_drained, None
             on_drained()
+
+
+class _ShutdownWatch:
+    """Tells the connections added to it when the uvicorn server running them starts to
+    shut down: one task per event loop, only while a connection is watched, polls the
+    server's `should_exit` every `POLL_S`. The server is found as sse-starlette finds it,
+    by the signal handler uvicorn installs (a bound method of its `Server`), and again at
+    every poll, so a server that stopped before (tests start several in one process) is
+    never taken for the current one."""
+
+    POLL_S = 0.5
+    _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ShutdownWatch] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self) -> None:
+        self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of_this_loop(cls) -> _ShutdownWatch:
+        loop = asyncio.get_running_loop()
+        watch = cls._of_loop.get(loop)
+        if watch is None:
+            watch = cls._of_loop[loop] = cls()
+        return watch
+
+    def add(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._poll(), name="stream-shutdown-watch"
+            )
+
+    async def _poll(self) -> None:
+        try:
+            while self.connections:
+                await asyncio.sleep(self.POLL_S)
+                if server_exiting():
+                    for conn in list(self.connections):
+                        conn.shutdown()
+                    self.connections.clear()
+        finally:
+            self._task = None
+
+
+def server_exiting() -> bool:
+    """Whether the uvicorn server of this process has been told to exit (SIGTERM,
+    SIGINT, or `should_exit` set by whoever runs it)."""
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return bool(getattr(server, "should_exit", False))
 
 
 def connection(state: Any, transport: str) -> Connection:
