@@ -2,6 +2,13 @@
 
 Every part of the service has an embedded default so `linkcoach serve` runs with no
 configuration at all; setting the URL of a real service switches that part over.
+
+Each setting is declared once, as a `Settings` field made by `env(...)`: its variable,
+type (the default's, or `kind`), default and meaning. `SETTINGS` is that table;
+`Settings.from_env` reads it, `Settings.to_env` writes it back (a subprocess's
+environment), and the README's configuration table is rendered from it
+(`python -m linkcoach_stream.config`). A new setting therefore needs one declaration and
+the README row that the test of the table asks for; nothing maps names by hand.
 """
 
 from __future__ import annotations
