@@ -23,6 +23,7 @@ from ..services.chat import ChatService, TurnRequest, collect
 from ..services.events import StreamEvent, TurnOutcome
 from ..services.legacy_chat import clean_history, find_continued_conversation
 from ..services.pii import mask_pii
+from ..state import state_of
 from .common import JSON, DbText, path_uuid, read_model, require_user
 
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -58,14 +59,11 @@ class LegacyChatRequest(BaseModel):
 
 def _refuse_if_busy(request: Request) -> None:
     """Refuse a new turn before any work when this process is full (`admission.py`)."""
-    admission = getattr(request.state, "admission", None)
-    if admission is not None:
-        admission.refuse_if_full()
+    state_of(request).admission.refuse_if_full()
 
 
 def _chat(request: Request) -> ChatService:
-    chat: ChatService = request.state.chat
-    return chat
+    return state_of(request).chat
 
 
 def _frame(ev: StreamEvent) -> bytes:
@@ -117,8 +115,8 @@ async def _sse(request: Request, events: AsyncIterator[StreamEvent]) -> EventSou
     """Stream events as SSE. On server shutdown the stream keeps going for the grace
     period; a stream still open then gets an `error` event `server_shutdown` carrying the
     message id and last event id to resume from (on another instance), and is closed."""
-    metrics = request.state.metrics
-    settings = request.state.settings
+    metrics = state_of(request).metrics
+    settings = state_of(request).settings
     # Events and the shutdown farewell meet in one queue: a pump task copies the turn's
     # events in, and the farewell is put in by a timer once the grace period is over.
     queue: asyncio.Queue[StreamEvent | None | object] = asyncio.Queue()
@@ -240,7 +238,7 @@ async def legacy_chat(request: Request) -> JSON:
     conversation the history continues (a new one when it continues none)."""
     _refuse_if_busy(request)
     user = await require_user(request)
-    settings = request.state.settings
+    settings = state_of(request).settings
     body = await read_model(request, LegacyChatRequest, limit=settings.chat_max_body_bytes)
     history = clean_history(
         body.conversationHistory,
@@ -250,7 +248,7 @@ async def legacy_chat(request: Request) -> JSON:
     if settings.pii_masking:
         # Stored messages are masked: the history must be too to be matched to them.
         history = [Turn(t.role, mask_pii(t.content)) for t in history]
-    async with request.state.db.acquire() as conn:
+    async with state_of(request).db.acquire() as conn:
         conversation_id = await find_continued_conversation(
             conn, user_id=user.user_id, history=history
         )

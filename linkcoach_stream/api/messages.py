@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from ..services import answers
 from ..services.chat import ChatService
+from ..state import state_of
 from .coaching import _sse
 from .common import JSON, DbText, parse_json_bytes, path_uuid, read_body, require_user, validate
 
@@ -40,8 +41,8 @@ async def feedback(request: Request) -> JSON:
     body = await read_model_or_empty(request, FeedbackRequest)
     comment = body.comment.strip() if body.comment else None
     stored = await answers.give_feedback(
-        request.state.db,
-        request.state.metrics,
+        state_of(request).db,
+        state_of(request).metrics,
         user,
         message_id,
         rating=body.rating,
@@ -54,7 +55,7 @@ async def regenerate(request: Request) -> EventSourceResponse:
     user = await require_user(request)
     message_id = path_uuid(request, "message_id")
     body = await read_model_or_empty(request, RegenerateRequest)
-    chat: ChatService = request.state.chat
+    chat: ChatService = state_of(request).chat
     started = await answers.regenerate(
         chat, user, message_id, client_message_id=body.client_message_id
     )

@@ -9,6 +9,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import tracing
+from ..state import scope_state
 
 
 class ServerTimingMiddleware:
@@ -19,8 +20,8 @@ class ServerTimingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = scope.get("state") or {}
-        tracer = state.get("tracer")
+        app_state = scope_state(scope)
+        tracer = app_state.tracer if app_state is not None else None
         timings = tracing.begin(tracer)
         span: Any = None
 

@@ -40,6 +40,7 @@ from ..services import answers
 from ..services.auth import Principal
 from ..services.chat import ChatService
 from ..services.events import StreamEvent
+from ..state import state_of
 from .coaching import QueryRequest
 from .common import authenticate_token, dumps
 from .messages import RegenerateRequest
@@ -52,8 +53,8 @@ class Session:
     def __init__(self, ws: WebSocket, user: Principal) -> None:
         self.ws = ws
         self.user = user
-        self.chat: ChatService = ws.state.chat
-        self.send_timeout: float = ws.state.settings.stream_send_timeout_s
+        self.chat: ChatService = state_of(ws).chat
+        self.send_timeout: float = state_of(ws).settings.stream_send_timeout_s
         self.forwarders: dict[str, asyncio.Task[None]] = {}
         self._send_lock = asyncio.Lock()
 
@@ -80,7 +81,7 @@ class Session:
 
     async def user_exists(self) -> bool:
         """False (socket closed with 4401) when the user was deleted after connecting."""
-        async with self.ws.state.db.acquire() as db:
+        async with state_of(self.ws).db.acquire() as db:
             if await users.is_active(db, user_id=self.user.user_id):
                 return True
         await self.close_with(Unauthorized("the token's user does not exist", code="unknown_user"))
@@ -211,7 +212,7 @@ def _frame(ev: StreamEvent, message_id: str) -> dict[str, Any]:
 def _origin_allowed(ws: WebSocket) -> bool:
     """No Origin (not a browser), an allowed parent origin, or this service's own origin
     (the widget it serves)."""
-    allowed = ws.state.settings.cors_origins
+    allowed = state_of(ws).settings.cors_origins
     origin = ws.headers.get("origin")
     if not allowed or origin is None or origin in allowed:
         return True
@@ -257,7 +258,7 @@ async def coaching_ws(ws: WebSocket) -> None:
     if user is None:
         return
     session = Session(ws, user)
-    metrics = ws.state.metrics
+    metrics = state_of(ws).metrics
     metrics.active_streams.labels("ws").inc()
     try:
         await session.send_text_frame({"type": "ready", "user_id": user.user_id})

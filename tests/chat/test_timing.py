@@ -43,7 +43,7 @@ async def traced(
     app_settings = gemini_settings(settings, emulator).with_overrides(
         retrieval_enabled=True,
         data_dir=data_dir,
-        extra={"RAG_EMBEDDER": "hash"},
+        rag_embedder="hash",
         expected_chunk_gap_ms=EXPECTED_GAP_MS,
         max_streams_per_user=0,
     )
