@@ -363,22 +363,23 @@ class StreamHub:
         maxlen = self.max_events
         for message_id, ev in batch:
             if ev is LeaseMark.HELD:
-                pipe.set(self._lease_key(message_id), b"1", px=self._lease_ms)
+                command("SET", self._lease_key(message_id), b"1", "PX", self._lease_ms)
                 continue
             if ev is LeaseMark.RELEASED:
-                pipe.delete(self._lease_key(message_id))
+                command("DEL", self._lease_key(message_id))
                 continue
             assert isinstance(ev, StreamEvent)
             key = self._events_key(message_id)
             # `XADD key MAXLEN ~ n 0-id e <event> d <json>`, what `pipe.xadd` sends,
-            # without its per-call argument assembly.
+            # without its per-call argument assembly (raw commands throughout: redis-py's
+            # `set` also inspects its arguments on every call).
             command(
                 "XADD", key, "MAXLEN", "~", maxlen, f"0-{ev.id}", "e", ev.event, "d", ev.encoded()
             )
             # The TTL is set when the log starts, renewed by the heartbeat while the job
             # runs, and set again at its end: not once per batch.
             if ev.id == 1 or ev.terminal:
-                pipe.expire(key, self.ttl_s)
+                command("EXPIRE", key, self.ttl_s)
         try:
             async with asyncio.timeout(self.flush_timeout_s):
                 await pipe.execute(raise_on_error=False)
@@ -403,12 +404,15 @@ class StreamHub:
             if not live:
                 continue
             try:
-                pipe = self.redis.pipeline(transaction=False)
+                pipe = self._log.pipeline(transaction=False)
+                # Raw commands: redis-py's `set` inspects its arguments on every call.
+                command = pipe.execute_command
                 for message_id in live:
-                    pipe.set(self._lease_key(message_id), b"1", px=self._lease_ms)
-                    pipe.expire(self._events_key(message_id), self.ttl_s)
-                await pipe.execute(raise_on_error=False)
-            except (RedisError, OSError):
+                    command("SET", self._lease_key(message_id), b"1", "PX", self._lease_ms)
+                    command("EXPIRE", self._events_key(message_id), self.ttl_s)
+                async with asyncio.timeout(self.flush_timeout_s):
+                    await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError, TimeoutError):
                 self.redis_failures += 1
 
     async def _cancel_listener(self) -> None:
