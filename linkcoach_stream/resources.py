@@ -64,7 +64,12 @@ async def open_postgres(settings: Settings) -> AsyncIterator[Database]:
             pg = EmbeddedPostgres(settings.data_dir / "postgres")
             dsn = pg.start()
             stack.callback(pg.stop)
-        pool = await create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        # A smaller DB_POOL_MAX caps the default DB_POOL_MIN rather than refusing it.
+        pool = await create_pool(
+            dsn,
+            min_size=min(settings.db_pool_min, settings.db_pool_max),
+            max_size=settings.db_pool_max,
+        )
         stack.push_async_callback(pool.close)
         yield Database(pool=pool, embedded=embedded)
 
