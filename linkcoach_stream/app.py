@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any = None)
     ]
     middleware = [
         Middleware(RequestContextMiddleware),
-        Middleware(ServerTimingMiddleware),
+        Middleware(ServerTimingMiddleware, allow_origins=settings.cors_origins),
         Middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
