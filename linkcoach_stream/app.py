@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any = None)
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Content-Type", "Authorization", "Last-Event-ID", "X-Request-ID"],
-            expose_headers=["X-Request-ID"],
+            expose_headers=["X-Request-ID", "Server-Timing", "Retry-After"],
             max_age=600,
         ),
     ]

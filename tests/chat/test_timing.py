@@ -134,6 +134,9 @@ async def test_the_one_allowed_origin_may_read_the_timings_of_every_response(
         assert r.status_code in (200, 201), (r.request.url, r.status_code)
         assert "app" in server_timing(r.headers["server-timing"])
         assert r.headers.get_list("timing-allow-origin") == [ALLOWED_ORIGIN]
+    # A script on that origin may also read the header itself from a fetch response.
+    exposed = responses[2].headers["access-control-expose-headers"].lower()
+    assert "server-timing" in exposed and "retry-after" in exposed
 
 
 async def test_with_several_origins_the_callers_own_is_echoed_if_allowed(
