@@ -789,6 +789,7 @@ def profile_run(b: Bench, kind: str, level: int = 1000, seconds: int = 15) -> di
     kept.write_bytes(gzip.compress(raw.read_bytes()))
     summary = summarise_profile(raw)
     summary["load"] = {k: load[k] for k in ("turns_ok", "turns_failed", "ttft_ms", "turns_per_s")}
+    summary["level"] = level
     summary["command"] = f"py-spy record -p PID -d {seconds} -f raw"
     summary["raw_file"] = str(kept.relative_to(h.ROOT))
     h.log(
@@ -829,11 +830,39 @@ PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+# The CPU budget of a turn: every busy sample in exactly one part, the first whose marker
+# is on its stack (so the order matters: the request task's stack has uvicorn's protocol
+# under everything it does, the upstream read runs under the generation loop).
+BUDGET_PARTS: list[tuple[str, tuple[str, ...]]] = [
+    ("retrieval (kiwi analysis, BM25 scoring)", ("linkcoach_stream/rag/", "kiwipiepy")),
+    ("auth (JWT, user check)", ("require_user (linkcoach_stream",)),
+    (
+        "turn start (validation, admission, the insert, the prompt, the job)",
+        ("ChatService.start_turn", "query_stream (linkcoach_stream"),
+    ),
+    ("upstream read (HTTP, SSE parse, deadline)", ("GeminiProvider.", "aiohttp/")),
+    ("final write (message, usage)", ("Generation._finalize", "Generation._finish")),
+    ("partial writes (persist.py)", ("PartialWriter",)),
+    (
+        "Redis event log, lease heartbeat (client side)",
+        ("StreamHub._flush", "StreamHub._writer", "StreamHub._heartbeat"),
+    ),
+    (
+        "events: coalescer, fan-out to readers, SSE frames",
+        ("Generation._read", "Job.", "_sse.<locals>.frames", "pump (linkcoach_stream"),
+    ),
+    ("SSE write: sse-starlette, middleware, uvicorn send", ("sse_starlette/", "uvicorn/protocols")),
+    ("API log, metrics", ("ApiLogWriter", "prometheus_client")),
+    ("event loop, I/O callbacks (uvloop)", ("Runner.run",)),
+]
+
+
 def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
     leaf: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     entry: Counter[str] = Counter()
     buckets: Counter[str] = Counter()
+    budget: Counter[str] = Counter()
     active = idle = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
@@ -849,6 +878,12 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
         for name, markers in PROFILE_BUCKETS:
             if any(m in stack for m in markers):
                 buckets[name] += n
+        for name, markers in BUDGET_PARTS:
+            if any(m in stack for m in markers):
+                budget[name] += n
+                break
+        else:
+            budget["other"] += n
         for frame in set(frames):
             if "linkcoach_stream" in frame and "cli.py" not in frame:
                 inclusive[frame] += n
@@ -869,6 +904,7 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
         "active_samples": active,
         "idle_worker_samples": idle,
         "buckets": {name: pct(buckets[name]) for name, _ in PROFILE_BUCKETS},
+        "budget": {name: pct(budget[name]) for name in [*(n for n, _ in BUDGET_PARTS), "other"]},
         "self": rows(leaf),
         "project_inclusive": rows(inclusive),
         "project_entry": rows(entry),
@@ -1136,6 +1172,37 @@ def _added_p99(s: dict[str, Any]) -> float | None:
     return round(f - base, 1) if f is not None and base is not None else None
 
 
+def budget_table(result: dict[str, Any], profile: dict[str, Any], level: int) -> list[str]:
+    """CPU per turn of the full server by part: the profile's exclusive shares of the app
+    process's CPU per turn at the same level, plus its Postgres and Redis."""
+    budget = profile.get("budget")
+    figures = (result.get("summary") or {}).get(str(level), {}).get("full")
+    if not budget or not figures or not figures.get("turns_ok"):
+        return []
+    turns = figures["turns_ok"]
+    app_ms = 1000 * figures["cpu_main_s"] / turns
+    servers_ms = 1000 * (figures["cpu_s"] - figures["cpu_main_s"]) / turns
+    out = [
+        f"### CPU per turn by part ({level} streams)",
+        "",
+        f"App process {app_ms:.1f} ms per turn (its CPU over {int(turns)} turns of the "
+        f"measured run), split by the exclusive shares of the py-spy profile taken at the same "
+        "level (each busy sample in the first part whose code is on its stack, in this "
+        "order); Postgres and Redis from their own processes' CPU.",
+        "",
+        "| part | ms per turn | share of the app's samples |",
+        "|---|---:|---:|",
+    ]
+    for name, share in budget.items():
+        out.append(f"| {name} | {app_ms * share / 100:.2f} | {share} % |")
+    out += [
+        f"| Postgres + Redis servers (embedded, their processes) | {servers_ms:.2f} | – |",
+        f"| **total** | **{app_ms + servers_ms:.1f}** | |",
+        "",
+    ]
+    return out
+
+
 def variant_section(result: dict[str, Any], title: str) -> list[str]:
     cfg = result["config"]
     out = [
@@ -1226,10 +1293,12 @@ def variant_section(result: dict[str, Any], title: str) -> list[str]:
         profiles = {"full": profiles}
     full_p, base_p = profiles.get("full"), profiles.get("baseline")
     if full_p and "self" in full_p:
+        plevel = full_p.get("level", 1000)
+        out += budget_table(result, full_p, plevel)
         out += [
-            "### Profiles at 1000 streams (py-spy)",
+            f"### Profiles at {plevel} streams (py-spy)",
             "",
-            f"`{full_p['command']}` on the server's process while 1000 workers run turns back "
+            f"`{full_p['command']}` on the server's process while {plevel} workers run turns back "
             f"to back (retrieval {'on' if cfg['retrieval'] else 'off'}); idle executor threads "
             "excluded. Raw stacks: `"
             + full_p["raw_file"]
@@ -1503,7 +1572,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile or args.profile_only:
             h.log(f"profiling both servers at {args.profile_level} streams")
             result["profile"] = {
-                kind: profile_run(b, kind, level=args.profile_level) for kind in ("full", "baseline")
+                kind: profile_run(b, kind, level=args.profile_level)
+                for kind in ("full", "baseline")
             }
     finally:
         if b.emulator is not None:

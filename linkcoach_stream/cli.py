@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
+import math
 import socket
 import sys
 from collections.abc import Sequence
@@ -22,8 +22,9 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
-def serve_options(settings: Settings, *, workers: int = 1) -> dict[str, Any]:
-    """Keyword arguments of `uvicorn.run` for `linkcoach serve` (tested directly)."""
+def serve_options(settings: Settings, *, workers: int | None = None) -> dict[str, Any]:
+    """Keyword arguments of `uvicorn.run` / `uvicorn.Config` for `linkcoach serve`, every
+    limit taken from `settings` (tested directly); `workers` overrides `WEB_CONCURRENCY`."""
     from .server import connection_options
 
     trusted = ",".join(settings.forwarded_allow_ips)
@@ -31,17 +32,17 @@ def serve_options(settings: Settings, *, workers: int = 1) -> dict[str, Any]:
         "factory": True,
         "host": settings.host,
         "port": settings.port,
-        "workers": workers,
+        "workers": workers or settings.workers,
         "loop": "uvloop",
-        # httptools with header/body read timeouts, the connection cap, keep-alive, and
-        # the WebSocket protocol that gives sockets the shutdown grace.
+        # httptools with header/body read timeouts, the connection cap, keep-alive.
         **connection_options(settings),
-        # Small frames and no compression keep a held-open socket at a few KiB.
-        "ws_max_size": 64 * 1024,
-        "ws_max_queue": 16,
-        "ws_per_message_deflate": False,
+        # Coaching sockets get the shutdown grace and farewell SSE streams get.
+        "ws": "linkcoach_stream.server:GracefulWebSocketProtocol",
+        "ws_max_size": settings.ws_max_size,
+        "ws_max_queue": settings.ws_max_queue,
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
         "log_config": None,
-        "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 5,
+        "timeout_graceful_shutdown": math.ceil(settings.graceful_shutdown_timeout_s),
         # Per-address limits key on the client address, so X-Forwarded-For is believed
         # only from the proxies named in FORWARDED_ALLOW_IPS. uvicorn's own default
         # trusts 127.0.0.1, which is every client when a local proxy passes the header
@@ -53,6 +54,37 @@ def serve_options(settings: Settings, *, workers: int = 1) -> dict[str, Any]:
         # overflowed 2048 and clients saw connection resets.
         "backlog": settings.listen_backlog,
     }
+
+
+def uvicorn_args(settings: Settings, *, workers: int | None = None) -> list[str]:
+    """uvicorn's own command-line flags for the limits `serve_options` sets, so that
+    `uvicorn linkcoach_stream.app:create_app $(linkcoach uvicorn-args)` serves
+    with the same limits as `linkcoach serve` (uvicorn takes them from flags only, read
+    before the factory runs). Its CLI takes whole seconds: fractions are rounded up."""
+    options = serve_options(settings, workers=workers)
+    args = [
+        "--factory",
+        "--host", str(options["host"]),
+        "--port", str(options["port"]),
+        "--workers", str(options["workers"]),
+        "--loop", str(options["loop"]),
+        # The protocol class reads HEADER_TIMEOUT / BODY_TIMEOUT from the environment.
+        "--http", "linkcoach_stream.server:GuardedHttpToolsProtocol",
+        "--ws", str(options["ws"]),
+        "--ws-max-size", str(options["ws_max_size"]),
+        "--ws-max-queue", str(options["ws_max_queue"]),
+        "--ws-per-message-deflate", str(options["ws_per_message_deflate"]).lower(),
+        "--timeout-keep-alive", str(math.ceil(options["timeout_keep_alive"])),
+        "--timeout-graceful-shutdown", str(options["timeout_graceful_shutdown"]),
+        "--backlog", str(options["backlog"]),
+    ]  # fmt: skip
+    if options["limit_concurrency"] is not None:
+        args += ["--limit-concurrency", str(options["limit_concurrency"])]
+    if options["proxy_headers"]:
+        args += ["--proxy-headers", "--forwarded-allow-ips", str(options["forwarded_allow_ips"])]
+    else:
+        args.append("--no-proxy-headers")
+    return args
 
 
 def ready_banner(settings: Settings, *, port: int) -> str:
@@ -90,7 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings.with_overrides(
         host=args.host or settings.host, port=args.port or settings.port
     ).validate()
-    workers = args.workers or int(os.environ.get("WEB_CONCURRENCY", "1"))
+    workers = args.workers or settings.workers
     if workers > 1 and settings.retrieval_enabled and not settings.chroma_host:
         # Embedded Chroma is one process's SQLite store: several workers would each
         # ingest into it at start and then read a collection the others rewrite.
@@ -121,13 +153,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0 if server.started else 3
 
 
+def cmd_uvicorn_args(args: argparse.Namespace) -> int:
+    import shlex
+
+    _out(shlex.join(uvicorn_args(Settings.from_env(), workers=args.workers)))
+    return 0
+
+
 async def _migrate(settings: Settings) -> list[int]:
-    from .app import open_resources
+    """Postgres alone: no Redis, Chroma, embedder or classifier is opened to migrate."""
+    from .db.migrate import apply_migrations
+    from .resources import open_postgres
 
-    async with open_resources(settings) as state:
-        async with state["db"].acquire() as conn:
-            from .db.migrate import apply_migrations
-
+    async with open_postgres(settings) as database:
+        async with database.pool.acquire() as conn:
             return await apply_migrations(conn)
 
 
@@ -140,14 +179,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _token(settings: Settings, user: str, leadership_type: str | None) -> str:
-    from .app import open_resources
+    from .db.migrate import apply_migrations
     from .db.repositories import users
+    from .resources import open_postgres
+    from .services.auth import TokenService
 
-    async with open_resources(settings) as state:
-        async with state["db"].acquire() as conn:
+    async with open_postgres(settings) as database:
+        async with database.pool.acquire() as conn:
+            await apply_migrations(conn)
             await users.upsert_user(conn, user_id=user, email=None, leadership_type=leadership_type)
-        token, _ = state["tokens"].mint_access(user_id=user, leadership_type=leadership_type)
-        return str(token)
+    token, _ = TokenService(settings).mint_access(user_id=user, leadership_type=leadership_type)
+    return str(token)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -247,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
     serve.set_defaults(func=cmd_serve)
+
+    flags = sub.add_parser(
+        "uvicorn-args", help="print uvicorn's flags for the limits `serve` sets (bare uvicorn)"
+    )
+    flags.add_argument("--workers", type=int)
+    flags.set_defaults(func=cmd_uvicorn_args)
 
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(func=cmd_migrate)

@@ -24,16 +24,26 @@ plain `uvicorn` (no such mark), they keep it.
 Timers are loop callbacks, not tasks: an open connection costs no task. A WebSocket
 upgrade stops them (the socket then has its own ping timeout).
 
+Every limit is a setting (`config.py`). `linkcoach serve` hands them all to uvicorn
+(`cli.serve_options`). A bare `uvicorn --factory linkcoach_stream.app:create_app` run
+gets the application's own limits either way (admission, body sizes, `SHUTDOWN_GRACE`),
+but uvicorn reads its server limits only from its own flags, before the factory runs:
+`linkcoach uvicorn-args` prints the flags that give it the same ones as `linkcoach serve`
+(`cli.uvicorn_args`), this protocol included (`--http`), which then reads the two timeouts
+from the environment.
+
 On shutdown uvicorn closes every WebSocket at once with 1012, while an SSE response is
 let finish. `GracefulWebSocketProtocol` lets a socket that asked for it (a coaching
 socket, once authenticated) be told instead, so its turns get the same grace and farewell
 as SSE streams (`api/streaming.py`); a socket that did not ask is closed as before.
-Plain uvicorn gets it with `--ws linkcoach_stream.server:GracefulWebSocketProtocol`.
+A bare uvicorn gets it with `--ws linkcoach_stream.server:GracefulWebSocketProtocol`
+(part of `linkcoach uvicorn-args`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,12 +78,29 @@ class ConnectionLimits:
     write_timeout_s: float = 0.0
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with header and body read timeouts."""
+@functools.cache
+def limits_from_env() -> ConnectionLimits:
+    """The timeouts of `HEADER_TIMEOUT` / `BODY_TIMEOUT` / `STREAM_SEND_TIMEOUT`, read once
+    per process."""
+    return connection_limits(Settings.from_env())
 
-    def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        write_timeout_s=settings.stream_send_timeout_s,
+    )
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header and body read timeouts; without `limits`
+    (uvicorn's `--http linkcoach_stream.server:GuardedHttpToolsProtocol`) they come from
+    the environment."""
+
+    def __init__(self, *args: Any, limits: ConnectionLimits | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.limits = limits
+        self.limits = limits if limits is not None else limits_from_env()
         self._read_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._request_begun = False
@@ -175,18 +202,10 @@ class GracefulWebSocketProtocol(WebSocketsSansIOProtocol):
 
 def connection_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn options that bound connections (part of `cli.serve_options`)."""
-    import functools
-
-    limits = ConnectionLimits(
-        header_timeout_s=settings.header_timeout_s,
-        body_timeout_s=settings.body_timeout_s,
-        write_timeout_s=settings.stream_send_timeout_s,
-    )
+    limits = connection_limits(settings)
     return {
         # A partial of a module-level class: it pickles, so `--workers N` can spawn it.
         "http": functools.partial(GuardedHttpToolsProtocol, limits=limits),
-        # Coaching sockets get the shutdown grace and farewell SSE streams get.
-        "ws": GracefulWebSocketProtocol,
         # uvicorn counts the connection being served too, hence + 1.
         "limit_concurrency": settings.max_connections + 1 if settings.max_connections else None,
         "timeout_keep_alive": settings.keep_alive_timeout_s,

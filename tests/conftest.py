@@ -27,7 +27,8 @@ import pytest
 import uvicorn
 
 from linkcoach_stream.app import create_app
-from linkcoach_stream.config import Settings
+from linkcoach_stream.config import SETTINGS, Settings
+from linkcoach_stream.state import STATE_KEY, AppState
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-api-key-0123456789"
@@ -154,6 +155,13 @@ async def start_server(settings: Settings) -> RunningServer:
     running = RunningServer(f"http://127.0.0.1:{port}", settings, server, app)
     running._task = task  # type: ignore[attr-defined]
     return running
+
+
+def state_in(running: RunningServer) -> AppState:
+    """The running server's application state (what its handlers see)."""
+    state = running.server.lifespan.state[STATE_KEY]  # type: ignore[attr-defined]
+    assert isinstance(state, AppState)
+    return state
 
 
 async def stop_server(running: RunningServer) -> None:
@@ -366,39 +374,14 @@ async def emulator_stats(emulator: str) -> dict:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment that makes a separate process use the same services as `settings`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "GEMINI_"))}
-    env.update(
-        APP_ENV=settings.app_env,
-        DATABASE_URL=settings.database_url or "",
-        REDIS_URL=settings.redis_url or "",
-        REDIS_PREFIX=settings.redis_prefix,
-        LINKCOACH_API_KEYS=",".join(settings.api_keys),
-        JWT_SECRET_KEY=settings.jwt_secret_key,
-        CORS_ORIGINS=",".join(settings.cors_origins),
-        LLM_PROVIDER=settings.provider_name,
-        GEMINI_API_KEY=settings.gemini_api_key or "",
-        GEMINI_BASE_URL=settings.gemini_base_url or "",
-        LLM_FIRST_CHUNK_TIMEOUT=str(settings.llm_first_chunk_timeout_s),
-        LLM_IDLE_TIMEOUT=str(settings.llm_idle_timeout_s),
-        RETRIEVAL_ENABLED="true" if settings.retrieval_enabled else "false",
-        LINKCOACH_DATA_DIR=str(settings.data_dir),
-        KNOWLEDGE_BASE_DIR=str(settings.knowledge_base_dir),
-        MODELS_DIR=str(settings.models_dir),
-        PERSIST_INTERVAL=str(settings.persist_interval_s),
-        LOG_LEVEL="warning",
-        RATE_LIMIT_USER_PER_MIN=str(settings.rate_user_per_min),
-        RATE_LIMIT_TURNS_PER_MIN=str(settings.rate_turns_per_min),
-        RATE_LIMIT_MINT_PER_MIN=str(settings.rate_mint_per_min),
-        RATE_LIMIT_REFRESH_PER_MIN=str(settings.rate_refresh_per_min),
-        RATE_LIMIT_AUTH_FAILURES_PER_MIN=str(settings.rate_auth_failures_per_min),
-        RATE_LIMIT_REPORTS_PER_HOUR=str(settings.rate_reports_per_hour),
-        MAX_STREAMS_PER_USER=str(settings.max_streams_per_user),
-        SHUTDOWN_GRACE=str(settings.shutdown_grace_s),
-        STREAM_LEASE_TTL=str(settings.stream_lease_ttl_s),
-        STREAM_SWEEP_INTERVAL=str(settings.stream_sweep_interval_s),
-        MAX_BODY_BYTES=str(settings.max_body_bytes),
-    )
+    """Environment that makes a separate process use the same settings as `settings`."""
+    names = {setting.env for setting in SETTINGS}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TEST_", "GEMINI_")) and k not in names
+    }
+    env.update(settings.to_env(), LOG_LEVEL="warning")
     return env
 
 

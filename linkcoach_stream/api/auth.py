@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from ..errors import Unauthorized
+from ..state import state_of
 from .common import JSON, DbText, client_ip, leadership_type_field, read_model
 
 USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
@@ -27,8 +28,8 @@ class RefreshRequest(BaseModel):
 
 
 async def mint_token(request: Request) -> JSON:
-    state = request.state
-    limiter = getattr(state, "limiter", None)
+    state = state_of(request)
+    limiter = state.limiter
     api_key = request.headers.get("x-api-key")
     if api_key is None:
         auth = request.headers.get("authorization", "")
@@ -37,12 +38,10 @@ async def mint_token(request: Request) -> JSON:
     try:
         state.tokens.check_api_key(api_key)
     except Unauthorized:
-        if limiter is not None:
-            await limiter.hit("auth_failures", client_ip(request))
+        await limiter.hit("auth_failures", client_ip(request))
         raise
-    if limiter is not None:
-        # The parent site mints for all its users from one address: limit per key.
-        await limiter.hit("mint", hashlib.sha256((api_key or "").encode()).hexdigest()[:16])
+    # The parent site mints for all its users from one address: limit per key.
+    await limiter.hit("mint", hashlib.sha256((api_key or "").encode()).hexdigest()[:16])
     body = await read_model(request, TokenRequest)
     leadership_type = leadership_type_field(body.leadership_type)
     async with state.db.acquire() as conn:
@@ -54,11 +53,11 @@ async def mint_token(request: Request) -> JSON:
 
 
 async def refresh(request: Request) -> JSON:
-    if getattr(request.state, "limiter", None) is not None:
-        await request.state.limiter.hit("refresh", client_ip(request))
+    state = state_of(request)
+    await state.limiter.hit("refresh", client_ip(request))
     body = await read_model(request, RefreshRequest)
-    async with request.state.db.acquire() as conn:
-        pair = await request.state.tokens.rotate(conn, refresh_token=body.refresh_token)
+    async with state.db.acquire() as conn:
+        pair = await state.tokens.rotate(conn, refresh_token=body.refresh_token)
     return JSON(pair.body())
 
 

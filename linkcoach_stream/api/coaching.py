@@ -16,6 +16,7 @@ from ..services.chat import ChatService, TurnRequest, collect
 from ..services.events import TurnOutcome
 from ..services.legacy_chat import clean_history, find_continued_conversation
 from ..services.pii import mask_pii
+from ..state import state_of
 from . import sse
 from .common import JSON, path_uuid, read_model, require_user
 from .turns import QueryRequest
@@ -34,14 +35,11 @@ class LegacyChatRequest(BaseModel):
 
 def _refuse_if_busy(request: Request) -> None:
     """Refuse a new turn before any work when this process is full (`admission.py`)."""
-    admission = getattr(request.state, "admission", None)
-    if admission is not None:
-        admission.refuse_if_full()
+    state_of(request).admission.refuse_if_full()
 
 
 def _chat(request: Request) -> ChatService:
-    chat: ChatService = request.state.chat
-    return chat
+    return state_of(request).chat
 
 
 async def query_stream(request: Request) -> sse.EventStream:
@@ -116,7 +114,7 @@ async def legacy_chat(request: Request) -> JSON:
     conversation the history continues (a new one when it continues none)."""
     _refuse_if_busy(request)
     user = await require_user(request)
-    settings = request.state.settings
+    settings = state_of(request).settings
     body = await read_model(request, LegacyChatRequest, limit=settings.chat_max_body_bytes)
     history = clean_history(
         body.conversationHistory,
@@ -126,7 +124,7 @@ async def legacy_chat(request: Request) -> JSON:
     if settings.pii_masking:
         # Stored messages are masked: the history must be too to be matched to them.
         history = [Turn(t.role, mask_pii(t.content)) for t in history]
-    async with request.state.db.acquire() as conn:
+    async with state_of(request).db.acquire() as conn:
         conversation_id = await find_continued_conversation(
             conn, user_id=user.user_id, history=history
         )

@@ -16,6 +16,7 @@ from ..db.repositories import users
 from ..domain.taxonomy import leadership_code
 from ..errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized, ValidationFailed
 from ..services.auth import Principal
+from ..state import state_of
 from ..tracing import part
 
 M = TypeVar("M", bound=BaseModel)
@@ -49,7 +50,7 @@ class JSON(Response):
 async def read_body(request: Request, *, limit: int | None = None) -> bytes:
     """The body, refused with 413 past `limit` (default `MAX_BODY_BYTES`)."""
     if limit is None:
-        limit = int(request.state.settings.max_body_bytes)
+        limit = int(state_of(request).settings.max_body_bytes)
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -119,17 +120,15 @@ async def authenticate_token(conn: HTTPConnection, token: str) -> Principal:
 
 
 async def _authenticate(conn: HTTPConnection, token: str) -> Principal:
-    limiter = getattr(conn.state, "limiter", None)
+    state = state_of(conn)
     try:
-        principal: Principal = conn.state.tokens.verify_access(token)
+        principal: Principal = state.tokens.verify_access(token)
     except Unauthorized:
         # Failed attempts are limited per client address, so guessing tokens is slow.
-        if limiter is not None:
-            await limiter.hit("auth_failures", client_ip(conn))
+        await state.limiter.hit("auth_failures", client_ip(conn))
         raise
-    if limiter is not None:
-        await limiter.hit("user", principal.user_id)
-    async with conn.state.db.acquire() as db:
+    await state.limiter.hit("user", principal.user_id)
+    async with state.db.acquire() as db:
         if not await users.is_active(db, user_id=principal.user_id):
             raise Unauthorized("the token's user does not exist", code="unknown_user")
     conn.state.user_id = principal.user_id

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from ..db.repositories import conversations as repo
 from ..db.repositories import reports as reports_repo
 from ..errors import BadRequest
+from ..state import state_of
 from .common import JSON, DbText, path_uuid, read_model, require_user
 
 DEFAULT_PAGE = 20
@@ -144,7 +145,7 @@ async def create_conversation(request: Request) -> JSON:
     user = await require_user(request)
     body = await read_model(request, CreateConversation)
     leadership_type = user.leadership_type
-    async with request.state.db.acquire() as conn:
+    async with state_of(request).db.acquire() as conn:
         if body.report_id is not None:
             report = await reports_repo.get_report(
                 conn, report_id=body.report_id, user_id=user.user_id
@@ -165,7 +166,7 @@ async def list_conversations(request: Request) -> JSON:
     limit = page_limit(request)
     cursor = request.query_params.get("cursor")
     before = _decode_cursor(cursor) if cursor else None
-    async with request.state.db.acquire() as conn:
+    async with state_of(request).db.acquire() as conn:
         rows = await repo.list_conversations(
             conn, user_id=user.user_id, limit=limit + 1, before=before
         )
@@ -181,7 +182,7 @@ async def get_conversation(request: Request) -> JSON:
     limit = page_limit(request)
     raw_cursor = request.query_params.get("cursor")
     after = _decode_seq(raw_cursor) if raw_cursor else None
-    async with request.state.db.acquire() as conn:
+    async with state_of(request).db.acquire() as conn:
         conv = await repo.get_conversation(
             conn, conversation_id=conversation_id, user_id=user.user_id
         )
@@ -202,7 +203,7 @@ async def get_conversation(request: Request) -> JSON:
 async def delete_conversation(request: Request) -> Response:
     user = await require_user(request)
     conversation_id = path_uuid(request, "conversation_id")
-    async with request.state.db.acquire() as conn:
+    async with state_of(request).db.acquire() as conn:
         await repo.delete_conversation(conn, conversation_id=conversation_id, user_id=user.user_id)
     return Response(status_code=204)
 

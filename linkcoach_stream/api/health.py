@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..db.pool import ping as db_ping
+from ..state import state_of
 from .common import JSON
 
 
@@ -26,9 +27,9 @@ async def _check(name: str, probe: Any, timeout: float = 2.0) -> tuple[str, str 
 
 
 async def ready(request: Request) -> JSON:
-    state = request.state
-    admission = getattr(state, "admission", None)
-    if admission is not None and admission.overloaded:
+    state = state_of(request)
+    admission = state.admission
+    if admission.overloaded:
         # Answered before the probes: a load balancer polls this most when we are busiest.
         return JSON(
             {
@@ -53,9 +54,8 @@ async def ready(request: Request) -> JSON:
         await state.redis.ping()
 
     probes = [("postgres", pg), ("redis", redis)]
-    retriever = getattr(state, "retriever", None)
-    if retriever is not None:
-        probes.append(("chroma", retriever.ping))
+    if state.retriever is not None:
+        probes.append(("chroma", state.retriever.ping))
     results = await asyncio.gather(*(_check(n, p) for n, p in probes))
     checks = {name: ("ok" if err is None else "down") for name, err in results}
     down = [name for name, err in results if err is not None]
@@ -76,7 +76,7 @@ async def ready(request: Request) -> JSON:
 
 
 async def metrics(request: Request) -> Response:
-    state = request.state
+    state = state_of(request)
     state.metrics.api_log_dropped.set(state.apilog.dropped)
     state.metrics.stream_redis_failures.set(state.hub.redis_failures)
     retriever = state.retriever

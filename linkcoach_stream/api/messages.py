@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from ..services import answers
 from ..services.chat import ChatService
+from ..state import state_of
 from . import sse
 from .common import JSON, DbText, parse_json_bytes, path_uuid, read_body, require_user, validate
 from .turns import RegenerateRequest
@@ -35,8 +36,8 @@ async def feedback(request: Request) -> JSON:
     body = await read_model_or_empty(request, FeedbackRequest)
     comment = body.comment.strip() if body.comment else None
     stored = await answers.give_feedback(
-        request.state.db,
-        request.state.metrics,
+        state_of(request).db,
+        state_of(request).metrics,
         user,
         message_id,
         rating=body.rating,
@@ -49,7 +50,7 @@ async def regenerate(request: Request) -> sse.EventStream:
     user = await require_user(request)
     message_id = path_uuid(request, "message_id")
     body = await read_model_or_empty(request, RegenerateRequest)
-    chat: ChatService = request.state.chat
+    chat: ChatService = state_of(request).chat
     started = await answers.regenerate(
         chat, user, message_id, client_message_id=body.client_message_id
     )

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logging_setup import request_id_var
 from ..services.apilog import ApiLogEntry
+from ..state import scope_state
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -64,13 +65,13 @@ class RequestContextMiddleware:
             raise
         finally:
             request_id_var.reset(token)
-            writer = state.get("apilog")
-            if writer is not None:
+            app_state = scope_state(scope)
+            if app_state is not None:
                 route = scope.get("route")
                 path = getattr(route, "path", None)
                 endpoint = f"{scope.get('root_path', '')}{path}" if path else "<unmatched>"
                 client = scope.get("client")
-                writer.submit(
+                app_state.apilog.submit(
                     ApiLogEntry(
                         ts=datetime.now(UTC),
                         request_id=rid,
@@ -83,8 +84,6 @@ class RequestContextMiddleware:
                         error=error or state.get("error_code"),
                     )
                 )
-                metrics = state.get("metrics")
-                if metrics is not None:
-                    metrics.observe_request(
-                        scope.get("method", "WS"), endpoint, status, time.perf_counter() - started
-                    )
+                app_state.metrics.observe_request(
+                    scope.get("method", "WS"), endpoint, status, time.perf_counter() - started
+                )

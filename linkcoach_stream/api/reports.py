@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from ..errors import Forbidden, NotFound
 from ..services.reports import ReportService
+from ..state import state_of
 from .common import JSON, read_model, require_user
 
 
@@ -48,7 +49,7 @@ class LegacyGenerateRequest(BaseModel):
 
 
 def _service(request: Request) -> ReportService:
-    service: ReportService = request.state.reports
+    service: ReportService = state_of(request).reports
     return service
 
 

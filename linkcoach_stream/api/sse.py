@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..server import WRITE_TIMEOUT_EXTENSION
 from ..services.events import StreamEvent
+from ..state import state_of
 from . import streaming
 
 SSE_HEADERS = {"Cache-Control": "no-store", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
@@ -124,8 +125,9 @@ def response(
     after: int = 0,
 ) -> EventStream:
     """Stream a turn's events (after event `after`) as SSE, by the edge's rules."""
-    settings = request.state.settings
-    conn = streaming.connection(request.state, "sse")
+    state = state_of(request)
+    settings = state.settings
+    conn = streaming.connection(state, "sse")
     conn.watch_shutdown()
     bounded = WRITE_TIMEOUT_EXTENSION in request.scope.get("extensions", ())
     return EventStream(

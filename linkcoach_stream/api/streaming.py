@@ -37,12 +37,12 @@ import asyncio
 import signal
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any
 
 from ..errors import ServerShutdown
 from ..metrics import Metrics
 from ..services import events as ev
 from ..services.events import StreamEvent
+from ..state import AppState
 
 FAREWELL_MARGIN_S = 1.0
 
@@ -227,7 +227,7 @@ def server_exiting() -> bool:
     return bool(getattr(server, "should_exit", False))
 
 
-def connection(state: Any, transport: str) -> Connection:
+def connection(state: AppState, transport: str) -> Connection:
     """A connection of `transport` with the app's metrics and `SHUTDOWN_GRACE`."""
     return Connection(
         transport=transport, metrics=state.metrics, grace_s=state.settings.shutdown_grace_s

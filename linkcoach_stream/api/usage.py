@@ -16,6 +16,7 @@ from starlette.routing import Route
 from ..db.repositories import usage as repo
 from ..errors import ValidationFailed
 from ..services.usage import next_reset
+from ..state import state_of
 from .common import JSON, require_user
 
 DEFAULT_DAYS = 30
@@ -48,9 +49,9 @@ def _day(day: date, counts: dict[str, int]) -> dict[str, Any]:
 
 async def get_usage(request: Request) -> JSON:
     user = await require_user(request)
-    settings = request.state.settings
+    settings = state_of(request).settings
     start, end = _date(request, "from"), _date(request, "to")
-    async with request.state.db.acquire() as conn:
+    async with state_of(request).db.acquire() as conn:
         today = await repo.today(conn, timezone=settings.usage_timezone)
         end = end or today
         try:

@@ -57,6 +57,7 @@ from ..domain.taxonomy import (
     SCORE_MIN,
 )
 from ..errors import Forbidden, ValidationFailed
+from ..state import state_of
 from .common import JSON, leadership_type_field, read_model
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def _security_headers(settings: Settings, *, frame_src: bool = False) -> dict[st
 
 
 def _settings(request: Request) -> Settings:
-    settings: Settings = request.state.settings
+    settings: Settings = state_of(request).settings
     return settings
 
 
@@ -258,8 +259,8 @@ async def demo_token(request: Request) -> JSON:
     body = await read_model(request, DemoTokenRequest)
     code = leadership_type_field(body.leadership_type)
     user_id = f"demo-{secrets.token_hex(6)}"
-    async with request.state.db.acquire() as conn:
-        pair = await request.state.tokens.mint_for_user(
+    async with state_of(request).db.acquire() as conn:
+        pair = await state_of(request).tokens.mint_for_user(
             conn, user_id=user_id, email=None, leadership_type=code
         )
     request.state.user_id = user_id

@@ -49,6 +49,7 @@ from ..services import answers
 from ..services.auth import Principal
 from ..services.chat import ChatService
 from ..services.events import StreamEvent
+from ..state import state_of
 from . import streaming
 from .common import authenticate_token, dumps, validate
 from .turns import QueryRequest, RegenerateRequest
@@ -61,10 +62,10 @@ class Session:
     def __init__(self, ws: WebSocket, user: Principal) -> None:
         self.ws = ws
         self.user = user
-        self.chat: ChatService = ws.state.chat
-        self.send_timeout: float = ws.state.settings.stream_send_timeout_s
+        self.chat: ChatService = state_of(ws).chat
+        self.send_timeout: float = state_of(ws).settings.stream_send_timeout_s
         self.forwarders: dict[str, asyncio.Task[None]] = {}
-        self.edge = streaming.connection(ws.state, "ws")
+        self.edge = streaming.connection(state_of(ws), "ws")
         self._send_lock = asyncio.Lock()
         self._closing: asyncio.Task[None] | None = None
 
@@ -113,7 +114,7 @@ class Session:
 
     async def user_exists(self) -> bool:
         """False (socket closed with 4401) when the user was deleted after connecting."""
-        async with self.ws.state.db.acquire() as db:
+        async with state_of(self.ws).db.acquire() as db:
             if await users.is_active(db, user_id=self.user.user_id):
                 return True
         await self.close_with(Unauthorized("the token's user does not exist", code="unknown_user"))
@@ -244,7 +245,7 @@ def _frame(ev: StreamEvent, message_id: str) -> dict[str, Any]:
 def _origin_allowed(ws: WebSocket) -> bool:
     """No Origin (not a browser), an allowed parent origin, or this service's own origin
     (the widget it serves)."""
-    allowed = ws.state.settings.cors_origins
+    allowed = state_of(ws).settings.cors_origins
     origin = ws.headers.get("origin")
     if not allowed or origin is None or origin in allowed:
         return True
@@ -290,7 +291,7 @@ async def coaching_ws(ws: WebSocket) -> None:
     if user is None:
         return
     session = Session(ws, user)
-    metrics = ws.state.metrics
+    metrics = state_of(ws).metrics
     metrics.open_websockets.inc()
     session.listen_for_shutdown()
     try:

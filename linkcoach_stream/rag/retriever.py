@@ -411,12 +411,12 @@ async def open_retriever(
     `background_ingest=True`: it returns at once and searches return what is stored
     so far (nothing, at the very start) until `retriever.ingesting` turns false.
 
-    `embedder` defaults to `settings.extra["RAG_EMBEDDER"]`, else "e5" (offline). The
+    `embedder` defaults to `settings.rag_embedder` (`RAG_EMBEDDER`, "e5": offline). The
     default embedder uses `settings.chroma_collection` as is; any other gets its name
     appended, so vectors from two models never share a collection.
     """
     if embedder is None or isinstance(embedder, str):
-        kind = embedder or settings.extra.get("RAG_EMBEDDER") or DEFAULT_EMBEDDER
+        kind = embedder or settings.rag_embedder or DEFAULT_EMBEDDER
         embedder = make_embedder(kind, settings=settings)
     client: Any = None
     retriever: Retriever | None = None

@@ -69,6 +69,12 @@ class Admission:
         self.refused = 0
         self._rng = rng or random.Random()
 
+    @classmethod
+    def unlimited(cls) -> Admission:
+        """No limit (`MAX_ACTIVE_STREAMS=0`): every turn is admitted, nothing is refused,
+        so callers never ask whether there is an admission."""
+        return cls(max_active=0, high_water=1.0, retry_after_s=0.0)
+
     @property
     def enabled(self) -> bool:
         return self.max_active > 0

@@ -128,7 +128,7 @@ class ChatService:
         tracer: Any = None,
     ) -> None:
         self.limiter: Limiter = limiter if limiter is not None else NullLimiter()
-        self.admission = admission
+        self.admission: Admission = admission if admission is not None else Admission.unlimited()
         self.tracer = tracer
         self.settings = settings
         self.pool = pool
@@ -167,8 +167,7 @@ class ChatService:
         hands them to the job it starts; whatever is still held here when it returns or
         fails (a replay, a refusal) is given back on the way out."""
         async with Leases() as leases:
-            if self.admission is not None:
-                leases.take(self.admission.admit())
+            leases.take(self.admission.admit())
             return await start(leases)
 
     async def _start_turn(self, user: Principal, req: TurnRequest, leases: Leases) -> TurnStarted:

@@ -289,7 +289,7 @@ async def markup_server(
             retrieval_enabled=True,
             knowledge_base_dir=kb,
             data_dir=tmp_path_factory.mktemp("markup-data"),
-            extra={**settings.extra, "RAG_EMBEDDER": "hash"},
+            rag_embedder="hash",
         )
     ) as running:
         yield running

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from linkcoach_stream import app as app_module
+from linkcoach_stream import resources
 from linkcoach_stream.config import Settings
 from linkcoach_stream.llm.base import ChatPrompt, StreamResult
 from linkcoach_stream.llm.offline import OfflineProvider
@@ -51,7 +51,7 @@ def provider() -> RecordingProvider:
 @pytest.fixture(scope="module")
 async def chat_server(settings: Settings, provider: RecordingProvider) -> AsyncIterator[str]:
     patch = pytest.MonkeyPatch()
-    patch.setattr(app_module, "open_provider", lambda _settings: provider)
+    patch.setattr(resources, "open_provider", lambda _settings: provider)
     running = await start_server(
         settings.with_overrides(
             rate_turns_per_min=100_000.0,

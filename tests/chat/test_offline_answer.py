@@ -91,7 +91,7 @@ async def kb_retriever(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
         data_dir=tmp_path_factory.mktemp("offline-rag"),
         knowledge_base_dir=ROOT / "knowledge_base",
         chroma_collection="offline_answer",
-        extra={"RAG_EMBEDDER": "hash"},
+        rag_embedder="hash",
     )
     r = await open_retriever(settings, config=RankConfig())
     try:

@@ -27,6 +27,7 @@ from tests.conftest import (
     make_user,
     read_sse,
     serving,
+    state_in,
     text_of,
     until,
 )
@@ -107,7 +108,7 @@ async def recorded(settings) -> AsyncIterator[tuple[RunningServer, Recording]]: 
     async with serving(settings) as running:
         recording = Recording()
         # The app's own ChatService, with only its provider swapped.
-        running.server.lifespan.state["chat"].provider = recording  # type: ignore[attr-defined]
+        state_in(running).chat.provider = recording
         yield running, recording
 
 

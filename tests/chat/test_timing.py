@@ -19,7 +19,15 @@ from opentelemetry.trace import SpanKind
 from linkcoach_stream.app import create_app
 from linkcoach_stream.config import Settings
 from linkcoach_stream.tracing import open_tracer_provider
-from tests.conftest import free_port, gemini_settings, make_user, read_sse
+from tests.conftest import (
+    ALLOWED_ORIGIN,
+    client_of,
+    free_port,
+    gemini_settings,
+    make_user,
+    read_sse,
+    serving,
+)
 
 STREAM = "/api/v1/coaching/query/stream"
 QUERY = "/api/v1/coaching/query"
@@ -43,7 +51,7 @@ async def traced(
     app_settings = gemini_settings(settings, emulator).with_overrides(
         retrieval_enabled=True,
         data_dir=data_dir,
-        extra={"RAG_EMBEDDER": "hash"},
+        rag_embedder="hash",
         expected_chunk_gap_ms=EXPECTED_GAP_MS,
         max_streams_per_user=0,
     )
@@ -93,6 +101,81 @@ async def test_every_response_has_server_timing(traced: Traced) -> None:
     timing = server_timing(r.headers["server-timing"])
     assert {"auth", "ratelimit", "db", "app"} <= set(timing)
     assert timing["auth"] <= timing["app"]
+
+
+def varies_by_origin(r: httpx.Response) -> bool:
+    return "origin" in {v.strip().lower() for v in r.headers.get("vary", "").split(",")}
+
+
+async def test_the_one_allowed_origin_may_read_the_timings_of_every_response(
+    traced: Traced,
+) -> None:
+    async with httpx.AsyncClient(base_url=traced.url, timeout=30) as client:
+        user = await make_user(client)
+        preflight = await client.options(
+            STREAM,
+            headers={"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": "POST"},
+        )
+        responses = [
+            preflight,
+            await client.get("/health"),
+            await client.get("/health", headers={"Origin": ALLOWED_ORIGIN}),
+            await client.get("/api/v1/conversations", headers=user.headers),
+        ]
+        async with client.stream(
+            "POST",
+            STREAM,
+            json={"question": "팀원과 목표를 어떻게 공유하나요?"},
+            headers={**user.headers, "Origin": ALLOWED_ORIGIN},
+        ) as stream:
+            responses.append(stream)
+            await stream.aread()
+    for r in responses:
+        assert r.status_code in (200, 201), (r.request.url, r.status_code)
+        assert "app" in server_timing(r.headers["server-timing"])
+        assert r.headers.get_list("timing-allow-origin") == [ALLOWED_ORIGIN]
+    # A script on that origin may also read the header itself from a fetch response.
+    exposed = responses[2].headers["access-control-expose-headers"].lower()
+    assert "server-timing" in exposed and "retry-after" in exposed
+
+
+async def test_with_several_origins_the_callers_own_is_echoed_if_allowed(
+    settings: Settings,
+) -> None:
+    other = "https://other-parent.example"
+    origins = (ALLOWED_ORIGIN, other)
+    async with (
+        serving(settings.with_overrides(cors_origins=origins)) as running,
+        client_of(running) as client,
+    ):
+        user = await make_user(client)
+        for origin in origins:
+            for path, headers in (("/health", {}), ("/api/v1/conversations", user.headers)):
+                r = await client.get(path, headers={**headers, "Origin": origin})
+                assert r.status_code == 200, r.text
+                assert "app" in server_timing(r.headers["server-timing"])
+                assert r.headers.get_list("timing-allow-origin") == [origin]
+                assert r.headers["access-control-allow-origin"] == origin
+                assert varies_by_origin(r)
+        for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {}):
+            r = await client.get("/health", headers=headers)
+            assert "server-timing" in r.headers
+            assert "timing-allow-origin" not in r.headers, headers
+            assert varies_by_origin(r)
+
+
+@pytest.mark.parametrize(("origins", "expected"), [(("*",), ["*"]), ((), [])])
+async def test_any_origin_reads_the_timings_under_a_wildcard_and_none_without_cors(
+    settings: Settings, origins: tuple[str, ...], expected: list[str]
+) -> None:
+    async with (
+        serving(settings.with_overrides(cors_origins=origins)) as running,
+        client_of(running) as client,
+    ):
+        for headers in ({"Origin": "https://anyone.example"}, {}):
+            r = await client.get("/health", headers=headers)
+            assert "app" in server_timing(r.headers["server-timing"])
+            assert r.headers.get_list("timing-allow-origin") == expected
 
 
 async def test_a_stream_head_times_the_parts_before_streaming_and_meta_repeats_them(

@@ -39,7 +39,7 @@ def rag_settings(rag_dir: Path) -> Settings:
         data_dir=rag_dir / "data",
         knowledge_base_dir=KB_DIR,
         chroma_collection="test_kb",
-        extra={"RAG_EMBEDDER": "hash"},
+        rag_embedder="hash",
     )
 
 
@@ -70,5 +70,5 @@ def small_settings(tmp_path: Path, small_kb: Path) -> Settings:
         data_dir=tmp_path / "data",
         knowledge_base_dir=small_kb,
         chroma_collection="small_kb",
-        extra={"RAG_EMBEDDER": "hash"},
+        rag_embedder="hash",
     )

@@ -95,3 +95,20 @@ async def test_scores_that_round_alike_but_fall_either_side_of_high_are_two_repo
     assert low["leadership_code"][0] == "L" and high["leadership_code"][0] == "H"
     assert low["report_id"] != high["report_id"]
     assert low["scores"] == high["scores"]
+
+
+async def test_scores_rounded_once_share_a_report_that_keeps_their_type_and_one_decimal(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await make_user(client, prefix="precision")
+    first = await interpret(client, user, scores(1.3, 4.47, 5.0))
+    assert first.status_code == 200, first.text
+    assert first.json()["leadership_code"] == "LLH"
+    assert first.json()["scores"] == {"공유": 1.3, "상호작용": 4.5, "성장": 5.0}
+
+    # 1.34997 is 1.3 at one decimal and 4.49996 is below 4.5: the same report.
+    again = await interpret(client, user, scores(1.34997, 4.49996, 5.0))
+    assert again.status_code == 200, again.text
+    assert again.json()["cached"] is True
+    assert again.json()["report_id"] == first.json()["report_id"]
+    assert again.json()["leadership_code"] == "LLH"

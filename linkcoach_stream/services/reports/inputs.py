@@ -16,6 +16,10 @@ Deliberate decisions (do not "fix"):
   order of dimensions to work on, the compatibility scores) is computed from the scores
   rounded to one decimal, which are also what is stored and returned. Scores 4.81 and
   4.84 are one report and one LLM call; keyed at four decimals they were two.
+- That is the only rounding between the request and the key or the stored report: the
+  parsed scores and the answer means stay exact. The key then depends only on each
+  score's `round(x, 1)` and its side of 4.5. An earlier rounding to four decimals made
+  1.34997 key as 1.4 (1.34997 -> 1.35 -> 1.4) next to 1.3, and 4.49996 count as high.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ REPORT_SCORE_DECIMALS = 1
 
 
 def report_scores(scores: Mapping[str, float] | None) -> dict[str, float] | None:
-    """The scores a report is written from and keyed by: one decimal, as the report shows
-    them. The type is decided from the exact scores before this rounding."""
+    """The scores a report is written from, keyed by, stores and returns: `round(x, 1)` of
+    the exact scores, the report's one precision, applied once. The type is decided from
+    the exact scores, not from these."""
     if scores is None:
         return None
     return {d: round(v, REPORT_SCORE_DECIMALS) for d, v in scores.items()}
@@ -49,7 +54,7 @@ class ReportInputs:
     user_id: str
     cache_key: str
     code: str | None  # None when answers decide it (classified on a miss)
-    scores: dict[str, float] | None  # exact; they decide the type by the 4.5 rule
+    scores: dict[str, float] | None  # exact, unrounded; they decide the type by the 4.5 rule
     answers: dict[str, int] | None
 
 
@@ -84,7 +89,7 @@ def resolve_inputs(
     answers: dict[str, int] | None = None
     if parsed is not None and parsed.answers is not None:
         answers = parsed.answers
-        scores = {d: round(v, 4) for d, v in scores_from_answers(answers).items()}
+        scores = scores_from_answers(answers)
         code = None
     elif parsed is not None and parsed.scores is not None:
         scores = parsed.scores
