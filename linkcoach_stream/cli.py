@@ -165,7 +165,8 @@ async def _migrate(settings: Settings) -> list[int]:
     from .db.migrate import apply_migrations
     from .resources import open_postgres
 
-    async with open_postgres(settings) as database:
+    # One statement at a time: one connection, not the server's pool.
+    async with open_postgres(settings.with_overrides(db_pool_min=1, db_pool_max=1)) as database:
         async with database.pool.acquire() as conn:
             return await apply_migrations(conn)
 
@@ -184,7 +185,7 @@ async def _token(settings: Settings, user: str, leadership_type: str | None) -> 
     from .resources import open_postgres
     from .services.auth import TokenService
 
-    async with open_postgres(settings) as database:
+    async with open_postgres(settings.with_overrides(db_pool_min=1, db_pool_max=1)) as database:
         async with database.pool.acquire() as conn:
             await apply_migrations(conn)
             await users.upsert_user(conn, user_id=user, email=None, leadership_type=leadership_type)

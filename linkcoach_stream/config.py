@@ -230,9 +230,10 @@ class Settings:
     db_pool_min: int = env(
         "DB_POOL_MIN",
         20,
-        "connections an asyncpg pool opens at start and keeps open per process; at"
+        "connections an asyncpg pool opens at start and keeps open per server process; at"
         " `DB_POOL_MAX`, a burst of turns never waits for new connections (50 turns at once"
-        " on a pool of 2 took 54 ms longer than on a warm one)",
+        " on a pool of 2 took 54 ms longer than on a warm one). Postgres must allow"
+        " `WEB_CONCURRENCY` x this per instance; `linkcoach migrate` and `token` use one",
     )
     db_pool_max: int = env("DB_POOL_MAX", 20, "largest asyncpg pool per process")
     redis_url: str | None = env(
@@ -728,6 +729,7 @@ class Settings:
             ("HEADER_TIMEOUT", self.header_timeout_s),
             ("BODY_TIMEOUT", self.body_timeout_s),
             ("KEEP_ALIVE_TIMEOUT", self.keep_alive_timeout_s),
+            ("STREAM_SEND_TIMEOUT", self.stream_send_timeout_s),
         ):
             if value <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")

@@ -13,13 +13,13 @@ buffers for as long as it likes. `GuardedHttpToolsProtocol` adds the two missing
 - body: from the end of the headers to the end of the body, at most `BODY_TIMEOUT`; past
   it the connection is closed and the handler reading the body sees a disconnect.
 
-A third timer bounds writes: when the socket's write buffer stays full (the client
-stopped reading) for `STREAM_SEND_TIMEOUT`, the connection is aborted, which ends any
-response on it as a client disconnect would. It runs only while writing is paused, so
-a frame sent to a client that keeps up costs no timer; the protocol marks the scope
-(`WRITE_TIMEOUT_EXTENSION`) so SSE responses leave out their own per-frame send timeout
-(one cancel scope per frame, 4-9 % of the server's CPU at 400 streams). Served by a
-plain `uvicorn` (no such mark), they keep it.
+A third timer bounds writes: when the socket's write buffer stays full and does not
+shrink (the client stopped reading) for `STREAM_SEND_TIMEOUT`, the connection is
+aborted, which ends any response on it as a client disconnect would. It runs only
+while writing is paused, so a frame sent to a client that keeps up costs no timer; the
+protocol marks the scope (`WRITE_TIMEOUT_EXTENSION`) so SSE responses leave out their
+own per-frame send timeout (one cancel scope per frame, 4-9 % of the server's CPU at
+400 streams). Served by a plain `uvicorn` (no such mark), they keep it.
 
 Timers are loop callbacks, not tasks: an open connection costs no task. A WebSocket
 upgrade stops them (the socket then has its own ping timeout).
@@ -135,9 +135,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self.limits.write_timeout_s > 0 and self._write_timer is None:
-            self._write_timer = self.loop.call_later(
-                self.limits.write_timeout_s, self._write_timed_out
-            )
+            self._arm_write(self.transport.get_write_buffer_size())
+
+    def _arm_write(self, buffered: int) -> None:
+        self._write_timer = self.loop.call_later(
+            self.limits.write_timeout_s, self._write_timed_out, buffered
+        )
 
     def resume_writing(self) -> None:
         self._write_resumed()
@@ -148,8 +151,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._write_timer.cancel()
             self._write_timer = None
 
-    def _write_timed_out(self) -> None:
+    def _write_timed_out(self, buffered: int) -> None:
         self._write_timer = None
+        now = self.transport.get_write_buffer_size()
+        if now < buffered:
+            # The client is reading, only slowly (a large body): still in progress.
+            self._arm_write(now)
+            return
         # Not close(): that would wait for the very buffer the client does not read.
         self.transport.abort()
 

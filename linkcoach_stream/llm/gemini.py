@@ -36,10 +36,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
+import certifi
 import httpx
 import orjson
 from google import genai
@@ -257,7 +259,7 @@ class _ChunkDeadline:
         """A part arrived; from the first text on, the idle limit applies."""
         self._reading = False
         if text and not self._text and self._handle is not None:
-            # Once per request: the timer was set for the (longer) first-chunk limit.
+            # Once per request: the timer was set for the first-chunk limit.
             self._handle.cancel()
             self._handle = self._loop.call_at(self._loop.time() + self._idle, self._fire)
         self._text = text
@@ -311,6 +313,7 @@ class GeminiProvider:
         self._next = 0
         # Created on first use: an aiohttp session belongs to the running event loop.
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
         base = (settings.gemini_base_url or _DEFAULT_BASE_URL).rstrip("/")
         self._stream_url = (
             f"{base}/{_API_VERSION}/models/{self.model}:streamGenerateContent?alt=sse"
@@ -329,12 +332,20 @@ class GeminiProvider:
         return self._clients[self._shard()]
 
     def _stream_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise LLMError("the Gemini provider is closed", kind="connection")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                connector=aiohttp.TCPConnector(
+                    limit=0,
+                    keepalive_timeout=30,
+                    # The CA bundle httpx (the SDK, reports) verifies against: both paths
+                    # trust the same servers.
+                    ssl=ssl.create_default_context(cafile=certifi.where()),
+                ),
                 timeout=aiohttp.ClientTimeout(total=self.settings.llm_total_timeout_s, connect=5.0),
-                # Gemini's stream is not compressed; nothing to sniff or decode.
-                auto_decompress=False,
+                # HTTPS_PROXY / NO_PROXY apply, as they do to httpx.
+                trust_env=True,
                 skip_auto_headers=("User-Agent",),
             )
         return self._session
@@ -481,6 +492,8 @@ class GeminiProvider:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified below
+                # Before any await: the timer must not fire during the backoff.
+                deadline.close()
                 error = _classify(exc)
                 if started or not error.retryable or attempt >= self.settings.llm_retries:
                     raise error from exc
@@ -521,7 +534,9 @@ class GeminiProvider:
                 await self._backoff(attempt)
 
     async def aclose(self) -> None:
+        self._closed = True
         for http in self._https:
             await http.aclose()
         if self._session is not None:
             await self._session.close()
+            self._session = None

@@ -168,6 +168,7 @@ class StreamHub:
         self._outbox: list[tuple[str, StreamEvent | LeaseMark]] = []
         self._outbox_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         # Redis calls that failed (exported by `/metrics` as linkcoach_stream_redis_failures).
         self.redis_failures = 0
         # The event-log writer's own connections: the same server, no per-reply read
@@ -196,6 +197,7 @@ class StreamHub:
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
+        self._stopping = False
         self._tasks = [
             asyncio.create_task(self._writer(), name="stream-writer"),
             asyncio.create_task(self._heartbeat(), name="stream-heartbeat"),
@@ -215,6 +217,14 @@ class StreamHub:
 
     async def stop(self, grace_s: float = 0.0) -> None:
         await self.drain(grace_s)
+        # The writer is told to finish rather than cancelled: cancelled mid-flush, the
+        # batch it had taken from the outbox (terminal events among them) would be lost.
+        self._stopping = True
+        self._outbox_ready.set()
+        writer = next((t for t in self._tasks if t.get_name() == "stream-writer"), None)
+        if writer is not None:
+            with contextlib.suppress(TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(writer), self.flush_timeout_s + 1)
         await self._flush()
         for task in self._tasks:
             task.cancel()
@@ -388,11 +398,12 @@ class StreamHub:
             log.warning("stream events not buffered in redis", extra={"count": len(batch)})
 
     async def _writer(self) -> None:
-        while True:
+        while not self._stopping:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
-            # A short pause lets the chunks of many streams share one pipeline.
-            await asyncio.sleep(self.flush_interval_s)
+            if not self._stopping:
+                # A short pause lets the chunks of many streams share one pipeline.
+                await asyncio.sleep(self.flush_interval_s)
             await self._flush()
 
     async def _heartbeat(self) -> None:

@@ -11,7 +11,7 @@ from linkcoach_stream.llm.base import ChatPrompt, LLMError, StreamResult, Turn
 from linkcoach_stream.llm.gemini import GeminiProvider, _EventReader
 from linkcoach_stream.llm.prompts import user_message
 
-from ..conftest import emulator_stats, gemini_settings
+from ..conftest import emulator_stats, free_port, gemini_settings
 
 TRANSPORTS = ["direct", "sdk"]
 
@@ -197,3 +197,55 @@ async def test_chunk_deadline_counts_only_the_time_spent_waiting_for_a_part() ->
     made[-1]._fire()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_retry_backoff_past_the_first_chunk_limit_is_not_a_cancel(
+    settings: Settings,
+) -> None:
+    """An upstream error just before the first-chunk limit, then a backoff that outlasts
+    it: the retries run and the turn fails with the upstream's error, not a bare cancel."""
+    import asyncio
+
+    from aiohttp import web
+
+    calls = 0
+
+    async def overloaded(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        await request.read()
+        await asyncio.sleep(0.2)
+        return web.json_response({"error": {"code": 503, "message": "overloaded"}}, status=503)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", overloaded)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    p = GeminiProvider(
+        settings.with_overrides(
+            llm_provider="gemini",
+            gemini_api_key="k",
+            gemini_base_url=f"http://127.0.0.1:{port}",
+            llm_first_chunk_timeout_s=0.5,
+            llm_idle_timeout_s=1.0,
+            llm_retries=2,
+            gemini_stream_transport="direct",
+        )
+    )
+
+    async def slow_backoff(attempt: int) -> None:
+        await asyncio.sleep(0.5)  # ends past the attempt's 0.5 s first-chunk limit
+
+    p._backoff = slow_backoff  # type: ignore[method-assign]
+    try:
+        with pytest.raises(LLMError) as failed:
+            await collect(p, "질문")
+    finally:
+        await p.aclose()
+        await runner.cleanup()
+    assert failed.value.kind == "http_503"
+    assert calls == 3
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
