@@ -239,3 +239,60 @@ async def test_a_client_that_stops_reading_a_stream_is_dropped_and_its_answer_co
             await asyncio.sleep(0.1)
         assert row is not None and row["status"] == "complete", row
         assert row["n"] >= 400 * 400 * 0.9
+
+
+async def test_a_large_body_to_a_slow_client_that_keeps_reading_is_not_cut_off() -> None:
+    """The write timer bounds a stall, not a slow download: while the client takes bytes
+    the buffer shrinks and the timer starts over."""
+    from linkcoach_stream.server import ConnectionLimits
+
+    size = 1_500_000
+
+    async def big(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(size).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"x" * size})
+
+    limits = ConnectionLimits(header_timeout_s=5, body_timeout_s=5, write_timeout_s=0.5)
+    port = free_port()
+    config = uvicorn.Config(
+        big,
+        host="127.0.0.1",
+        port=port,
+        lifespan="off",
+        log_config=None,
+        http=functools.partial(SmallSendBuffer, limits=limits),  # type: ignore[arg-type]
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    try:
+        await until(lambda: server.started, what="the server's start", task=task)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        got = 0
+        started = time.perf_counter()
+        while got < size:
+            data = await asyncio.wait_for(reader.read(32 * 1024), 5)
+            if not data:
+                break
+            got += len(data)
+            await asyncio.sleep(0.05)  # ~600 KB/s: the download takes several timeouts
+        writer.close()
+        assert got == size
+        assert time.perf_counter() - started > 2 * limits.write_timeout_s
+    finally:
+        server.should_exit = True
+        await task
