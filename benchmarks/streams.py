@@ -1580,8 +1580,12 @@ def main(argv: list[str] | None = None) -> int:
             b.emulator.stop()
         result["took_min"] = round((time.monotonic() - started) / 60, 1)
         result["run_dir"] = str(b.run_dir)
-        if result["runs"]:
-            done_levels = [lvl for lvl in levels if any(r["level"] == lvl for r in result["runs"])]
+        if result["runs"] or result["holds"]:
+            done_levels = [
+                lvl
+                for lvl in levels
+                if any(r["level"] == lvl for r in [*result["runs"], *result["holds"]])
+            ]
             result["summary"] = summarise(result["runs"], result["holds"], done_levels)
             result["targets"] = target_checks(result["summary"])
         if args.profile_only:

@@ -72,9 +72,10 @@ def base_dsn(work_dir: Path) -> Iterator[str]:
         pg.stop()
 
 
-@pytest.fixture(scope="session")
-async def database_url(base_dsn: str) -> AsyncIterator[str]:
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+@contextlib.asynccontextmanager
+async def fresh_schema_of(base_dsn: str, prefix: str) -> AsyncIterator[str]:
+    """A DSN whose search path is a new empty schema, dropped afterwards."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(base_dsn)
     await conn.execute(f'CREATE SCHEMA "{schema}"')
     await conn.close()
@@ -84,6 +85,12 @@ async def database_url(base_dsn: str) -> AsyncIterator[str]:
         conn = await asyncpg.connect(base_dsn)
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(base_dsn: str) -> AsyncIterator[str]:
+    async with fresh_schema_of(base_dsn, "t") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

@@ -109,25 +109,23 @@ async def _regenerate(
         conversation = await repo.get_conversation(
             conn, conversation_id=target["conversation_id"], user_id=user.user_id
         )
-        if client_message_id:
-            existing = await answers.find_regeneration(
-                conn,
-                conversation_id=conversation["id"],
-                client_message_id=client_message_id,
+
+        async def earlier() -> asyncpg.Record | None:
+            """This request's regeneration, if one with its client_message_id exists."""
+            if not client_message_id:
+                return None
+            return await answers.find_regeneration(
+                conn, conversation_id=conversation["id"], client_message_id=client_message_id
             )
-            if existing is not None:
-                return _replayed(existing, target)
+
+        if (existing := await earlier()) is not None:
+            return _replayed(existing, target)
         question = await answers.get_question(conn, message_id=target["reply_to"])
         current = await answers.current_reply(conn, reply_to=target["reply_to"])
         if client_message_id and current["status"] == "streaming":
             # The streaming version may be this very request's, committed by a twin
             # between the two reads above: it is replayed, not refused.
-            existing = await answers.find_regeneration(
-                conn,
-                conversation_id=conversation["id"],
-                client_message_id=client_message_id,
-            )
-            if existing is not None:
+            if (existing := await earlier()) is not None:
                 return _replayed(existing, target)
     _refuse_if_streaming(current)
     # A regeneration is billed like a turn, so it is refused like one once today's

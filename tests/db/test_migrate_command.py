@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,22 +16,14 @@ from linkcoach_stream import resources
 from linkcoach_stream.config import Settings
 from linkcoach_stream.db.migrate import default_migrations_dir, load_migrations
 
-from ..conftest import ROOT, free_port, settings_env, with_search_path
+from ..conftest import ROOT, free_port, fresh_schema_of, settings_env
 
 
 @pytest.fixture
 async def fresh_schema(base_dsn: str) -> AsyncIterator[str]:
     """A DSN whose search path is an empty schema (dropped afterwards)."""
-    schema = f"m_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(base_dsn)
-    await conn.execute(f'CREATE SCHEMA "{schema}"')
-    await conn.close()
-    try:
-        yield with_search_path(base_dsn, schema)
-    finally:
-        conn = await asyncpg.connect(base_dsn)
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
+    async with fresh_schema_of(base_dsn, "m") as dsn:
+        yield dsn
 
 
 async def applied_versions(dsn: str) -> list[int]:
