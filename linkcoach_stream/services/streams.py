@@ -168,6 +168,7 @@ class StreamHub:
         self._outbox: list[tuple[str, StreamEvent | LeaseMark]] = []
         self._outbox_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._writer_task: asyncio.Task[None] | None = None
         self._stopping = False
         # Redis calls that failed (exported by `/metrics` as linkcoach_stream_redis_failures).
         self.redis_failures = 0
@@ -198,8 +199,9 @@ class StreamHub:
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         self._stopping = False
+        self._writer_task = asyncio.create_task(self._writer(), name="stream-writer")
         self._tasks = [
-            asyncio.create_task(self._writer(), name="stream-writer"),
+            self._writer_task,
             asyncio.create_task(self._heartbeat(), name="stream-heartbeat"),
             asyncio.create_task(self._cancel_listener(), name="stream-cancel-listener"),
         ]
@@ -221,10 +223,9 @@ class StreamHub:
         # batch it had taken from the outbox (terminal events among them) would be lost.
         self._stopping = True
         self._outbox_ready.set()
-        writer = next((t for t in self._tasks if t.get_name() == "stream-writer"), None)
-        if writer is not None:
+        if self._writer_task is not None:
             with contextlib.suppress(TimeoutError, Exception):
-                await asyncio.wait_for(asyncio.shield(writer), self.flush_timeout_s + 1)
+                await asyncio.wait_for(asyncio.shield(self._writer_task), self.flush_timeout_s + 1)
         await self._flush()
         for task in self._tasks:
             task.cancel()
@@ -232,6 +233,7 @@ class StreamHub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        self._writer_task = None
         with contextlib.suppress(Exception):
             await self._log_pool.disconnect()
 
