@@ -318,6 +318,22 @@ async def until(
         await asyncio.sleep(0.02)
 
 
+@contextlib.asynccontextmanager
+async def running(
+    config: uvicorn.Config, *, what: str = "the server's start", start_timeout: float = 15.0
+) -> AsyncIterator[uvicorn.Server]:
+    """uvicorn serving `config` in this event loop until the block ends."""
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    try:
+        await until(lambda: server.started, what=what, task=task, timeout=start_timeout)
+        yield server
+    finally:
+        server.should_exit = True
+        await task
+
+
 def text_of(events: list[SSE]) -> str:
     return "".join(e.data["text"] for e in events if e.event == "delta")
 
@@ -341,15 +357,8 @@ async def emulator() -> AsyncIterator[str]:
     )
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    srv = uvicorn.Server(config)
-    srv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(srv.serve())
-    await until(lambda: srv.started, what="the emulator's start", task=task)
-    try:
+    async with running(config, what="the emulator's start"):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        await task
 
 
 def gemini_settings(settings: Settings, emulator: str) -> Settings:

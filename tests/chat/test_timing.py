@@ -26,6 +26,7 @@ from tests.conftest import (
     gemini_settings,
     make_user,
     read_sse,
+    running,
     serving,
 )
 
@@ -57,22 +58,10 @@ async def traced(
     )
     app = create_app(app_settings, tracer_provider=provider)
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(3600):
-            if server.started:
-                break
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    # The start-up ingests the knowledge base.
+    async with running(config, start_timeout=180):
         yield Traced(f"http://127.0.0.1:{port}", exporter)
-    finally:
-        server.should_exit = True
-        await task
         provider.shutdown()
 
 

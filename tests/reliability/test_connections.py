@@ -21,7 +21,7 @@ from linkcoach_stream.cli import serve_options
 from linkcoach_stream.config import Settings
 from linkcoach_stream.server import GuardedHttpToolsProtocol
 
-from ..conftest import API_KEY, free_port, gemini_settings, make_user, until
+from ..conftest import API_KEY, free_port, gemini_settings, make_user, running
 
 HEADER_TIMEOUT = 0.6
 BODY_TIMEOUT = 0.8
@@ -49,15 +49,8 @@ async def serve_like_the_cli(
         options.pop(name)
     if protocol is not None:
         options["http"] = functools.partial(protocol, **options["http"].keywords)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), lifespan="on", **options))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    try:
-        await until(lambda: server.started, what="the server's start", task=task)
+    async with running(uvicorn.Config(create_app(settings), lifespan="on", **options)):
         yield f"http://127.0.0.1:{options['port']}", options["port"]
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +64,16 @@ async def guarded(settings: Settings) -> AsyncIterator[tuple[str, int]]:
         )
     ) as served:
         yield served
+
+
+async def tiny_window_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose receive window is a few KB, so what it does not read backs up
+    into the server at once."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return await asyncio.open_connection(sock=sock, limit=1024)
 
 
 async def closed_after(reader: asyncio.StreamReader, limit: float) -> tuple[float, bytes]:
@@ -200,11 +203,7 @@ async def test_a_client_that_stops_reading_a_stream_is_dropped_and_its_answer_co
         # A large answer (~500 KB of frames), fast, to a socket with a tiny receive window.
         marker = "[[emulator:ttft_ms=10,chunk_interval_ms=1,chunks=400,chunk_chars=400]]"
         body = json.dumps({"question": f"긴 답 {marker}"}).encode()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+        reader, writer = await tiny_window_client(port)
         writer.write(
             b"POST /api/v1/coaching/query/stream HTTP/1.1\r\nhost: x\r\n"
             b"authorization: Bearer %s\r\ncontent-type: application/json\r\n"
@@ -270,16 +269,8 @@ async def test_a_large_body_to_a_slow_client_that_keeps_reading_is_not_cut_off()
         log_config=None,
         http=functools.partial(SmallSendBuffer, limits=limits),  # type: ignore[arg-type]
     )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    try:
-        await until(lambda: server.started, what="the server's start", task=task)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    async with running(config):
+        reader, writer = await tiny_window_client(port)
         writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         await reader.readuntil(b"\r\n\r\n")
         got = 0
@@ -291,8 +282,5 @@ async def test_a_large_body_to_a_slow_client_that_keeps_reading_is_not_cut_off()
             got += len(data)
             await asyncio.sleep(0.05)  # ~600 KB/s: the download takes several timeouts
         writer.close()
-        assert got == size
-        assert time.perf_counter() - started > 2 * limits.write_timeout_s
-    finally:
-        server.should_exit = True
-        await task
+    assert got == size
+    assert time.perf_counter() - started > 2 * limits.write_timeout_s

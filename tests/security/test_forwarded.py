@@ -3,7 +3,6 @@ proxies in FORWARDED_ALLOW_IPS, and the README's proxy config overwrites the hea
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -17,7 +16,7 @@ from linkcoach_stream.app import create_app
 from linkcoach_stream.cli import serve_options
 from linkcoach_stream.config import Settings
 
-from ..conftest import ROOT, free_port
+from ..conftest import ROOT, free_port, running
 
 CONVERSATIONS = "/api/v1/conversations"
 
@@ -29,18 +28,8 @@ async def serve_like_the_cli(settings: Settings) -> AsyncIterator[str]:
     options: dict[str, Any] = serve_options(settings.with_overrides(port=free_port()))
     for name in ("factory", "workers", "loop", "http"):
         options.pop(name)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), lifespan="on", **options))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
+    async with running(uvicorn.Config(create_app(settings), lifespan="on", **options)):
         yield f"http://127.0.0.1:{options['port']}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def failed_auth_statuses(url: str, tries: int) -> list[int]:
