@@ -85,8 +85,9 @@ class Admission:
 
     def retry_after(self) -> float:
         # Between one and two base periods: refused clients spread over a whole period
-        # instead of returning together.
-        return self.retry_after_s * (1.0 + self._rng.random())
+        # instead of returning together. Cut to whole milliseconds (what the body
+        # shows), so that a draw just under two periods does not round up to two.
+        return math.floor(self.retry_after_s * (1.0 + self._rng.random()) * 1000) / 1000
 
     def refuse_if_full(self) -> None:
         """The same refusal as `admit`, taking no slot: HTTP routes call it before auth

@@ -229,3 +229,19 @@ async def test_a_regeneration_is_held_to_the_same_limit(aclient: httpx.AsyncClie
         assert r.status_code == 200
         again = await read_sse(r)
     assert again[-1].event == "done"
+
+
+def test_the_jittered_retry_after_stays_under_two_periods_as_shown() -> None:
+    """A draw just under two periods is shown as under two, not rounded up to it."""
+    import random
+
+    from linkcoach_stream.errors import ServerBusy
+    from linkcoach_stream.services.admission import Admission
+
+    class Top(random.Random):
+        def random(self) -> float:
+            return 0.99999
+
+    admission = Admission(max_active=1, high_water=1.0, retry_after_s=2.0, rng=Top())
+    shown = ServerBusy("busy", retry_after=admission.retry_after()).body()["error"]
+    assert 2.0 <= shown["retry_after"] < 4.0
