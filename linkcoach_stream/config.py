@@ -677,7 +677,6 @@ class Settings:
         "share of requests Sentry traces (`0` = errors only)",
     )
 
-
     @property
     def is_production(self) -> bool:
         return self.app_env.strip().lower() not in NON_PRODUCTION_ENVS

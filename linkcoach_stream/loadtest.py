@@ -46,12 +46,19 @@ class TurnResult:
     last: float | None = None
     # Seconds until a refusal (a non-200 status) arrived.
     refused_after: float | None = None
+    # Seconds until the `meta` event arrived, and the server's `timings` in it (ms).
+    to_meta: float | None = None
+    timings: dict[str, float] | None = None
 
     def observe(self, kind: str, data: dict[str, Any]) -> bool:
         """Record one event of the turn; True when it ends the turn."""
         now = time.perf_counter()
         if kind == "meta":
             self.message_id = data.get("message_id")
+            self.to_meta = now - self.started
+            timings = data.get("timings")
+            if isinstance(timings, dict):
+                self.timings = timings
         elif kind == "delta":
             self.chunks += 1
             if self.ttft is None:
@@ -79,6 +86,8 @@ class Stats:
     active: int = 0
     server_errors: int = 0
     refusals: list[float] = field(default_factory=list)
+    to_meta: list[float] = field(default_factory=list)
+    timings: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, r: TurnResult) -> None:
         if r.ok:
@@ -91,6 +100,11 @@ class Stats:
             self.ttfts.append(r.ttft)
         if r.refused_after is not None:
             self.refusals.append(r.refused_after)
+        if r.to_meta is not None:
+            self.to_meta.append(r.to_meta)
+        for name, ms in (r.timings or {}).items():
+            if isinstance(ms, int | float):
+                self.timings.setdefault(name, []).append(ms / 1000)
         self.gaps.extend(r.gaps)
         self.chunks += r.chunks
 
@@ -262,6 +276,13 @@ def summary(stats: Stats, args: argparse.Namespace, wall: float) -> dict[str, An
         "ttft_ms": {f"p{q}": _ms(percentile(stats.ttfts, q)) for q in (50, 90, 99)},
         "gap_ms": {f"p{q}": _ms(percentile(stats.gaps, q)) for q in (50, 99)},
         "refused_ms": {f"p{q}": _ms(percentile(stats.refusals, q)) for q in (50, 99, 100)},
+        # Until the stream's `meta` event: the server's work before the answer starts.
+        "meta_ms": {f"p{q}": _ms(percentile(stats.to_meta, q)) for q in (50, 99)},
+        # The server's own account of that work (`meta.timings`), per part.
+        "server_timings_ms": {
+            name: {f"p{q}": _ms(percentile(values, q)) for q in (50, 99)}
+            for name, values in sorted(stats.timings.items())
+        },
         "chunks": stats.chunks,
         "chunks_per_s": round(stats.chunks / wall, 1) if wall else None,
         "turns_per_s": round(stats.ok / wall, 2) if wall else None,

@@ -44,9 +44,11 @@ import aiohttp
 import certifi
 import httpx
 import orjson
+from aiohttp.helpers import get_env_proxy_for_url
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
+from yarl import URL
 
 from ..config import Settings
 from .base import ChatPrompt, LLMError, StreamResult, Usage
@@ -287,6 +289,15 @@ class _ChunkDeadline:
             self._handle = None
 
 
+def env_proxy(url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy the environment names for `url` (HTTP(S)_PROXY, NO_PROXY, a proxy's
+    credentials in ~/.netrc): what aiohttp's `trust_env` looks up per request."""
+    try:
+        return get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return None, None
+
+
 class GeminiProvider:
     name = "gemini"
 
@@ -322,6 +333,7 @@ class GeminiProvider:
             "content-type": "application/json",
             "x-goog-api-key": settings.gemini_api_key or "",
         }
+        self._proxy, self._proxy_auth = env_proxy(self._stream_url)
 
     def _shard(self) -> int:
         """The next connection pool shard, round robin (each call moves on by one)."""
@@ -344,8 +356,10 @@ class GeminiProvider:
                     ssl=ssl.create_default_context(cafile=certifi.where()),
                 ),
                 timeout=aiohttp.ClientTimeout(total=self.settings.llm_total_timeout_s, connect=5.0),
-                # HTTPS_PROXY / NO_PROXY apply, as they do to httpx.
-                trust_env=True,
+                # HTTPS_PROXY / NO_PROXY apply as they do to httpx, but are read once
+                # (`env_proxy`): with trust_env every request reads them and ~/.netrc in
+                # two thread-pool hops before it is sent.
+                trust_env=False,
                 skip_auto_headers=("User-Agent",),
             )
         return self._session
@@ -421,7 +435,11 @@ class GeminiProvider:
     async def _direct_parts(self, body: bytes) -> AsyncGenerator[_Part, None]:
         """One request over `:streamGenerateContent?alt=sse`, parsed without the SDK."""
         async with self._stream_session().post(
-            self._stream_url, data=body, headers=self._headers
+            self._stream_url,
+            data=body,
+            headers=self._headers,
+            proxy=self._proxy,
+            proxy_auth=self._proxy_auth,
         ) as response:
             if response.status != 200:
                 try:

@@ -23,7 +23,6 @@ import asyncpg
 
 from ..config import Settings
 from ..db.repositories import conversations as repo
-from ..db.repositories import usage as usage_repo
 from ..llm.base import ChatPrompt, LLMError, LLMProvider, StreamResult, Usage
 from ..metrics import Metrics
 from ..tracing import GenerationTrace, part, snapshot_ms
@@ -300,15 +299,14 @@ class Generation:
     ) -> None:
         for attempt in range(5):
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await repo.finish_message(conn, message_id=message_id, **fields)
-                    if billed is not None:
-                        await usage_repo.record_turn(
-                            conn,
-                            message_id=message_id,
-                            usage=billed,
-                            timezone=self.settings.usage_timezone,
-                        )
+                async with self.pool.acquire() as conn:
+                    await repo.finish_message(
+                        conn,
+                        message_id=message_id,
+                        billed=billed,
+                        timezone=self.settings.usage_timezone,
+                        **fields,
+                    )
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 await asyncio.sleep(0.2 * 2**attempt)

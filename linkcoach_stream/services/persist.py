@@ -2,7 +2,7 @@
 
 Streams mark their message dirty with the list of chunks so far (joined only when
 written, not on every chunk); one task writes every dirty message in a single
-`executemany` per interval. Postgres sees a few statements per
+statement per interval. Postgres sees a few statements per
 second however many streams run, never one per chunk.
 """
 

@@ -65,7 +65,9 @@ def test_linkcoach_serve_hands_uvicorn_the_limits_set_in_the_environment(
 ) -> None:
     use_env(monkeypatch, settings, LIMITS_ENV)
     configs: list[uvicorn.Config] = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: configs.append(self.config))  # noqa: E501
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda self, sockets=None: configs.append(self.config)
+    )  # noqa: E501
     monkeypatch.setattr(cli, "configure_logging", lambda level: None)
     assert cli.main(["serve"]) == 3  # the (stubbed) server never started
     (config,) = configs
@@ -83,9 +85,12 @@ def test_defaults_without_the_environment_match_what_serve_always_used() -> None
         False,
     )
     assert config.timeout_graceful_shutdown == int(Settings().shutdown_grace_s) + 5
-    assert uvicorn.Config(
-        cli.APP_FACTORY, **cli.serve_options(Settings(shutdown_grace_s=2.0))
-    ).timeout_graceful_shutdown == 7
+    assert (
+        uvicorn.Config(
+            cli.APP_FACTORY, **cli.serve_options(Settings(shutdown_grace_s=2.0))
+        ).timeout_graceful_shutdown
+        == 7
+    )
 
 
 def test_uvicorn_args_give_a_bare_uvicorn_run_the_same_limits_as_serve(
@@ -97,9 +102,7 @@ def test_uvicorn_args_give_a_bare_uvicorn_run_the_same_limits_as_serve(
     served = uvicorn.Config(cli.APP_FACTORY, **cli.serve_options(loaded))
     captured: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn_main, "run", lambda app, **kwargs: captured.append(kwargs))
-    uvicorn_main.main.main(
-        [cli.APP_FACTORY, *cli.uvicorn_args(loaded)], standalone_mode=False
-    )
+    uvicorn_main.main.main([cli.APP_FACTORY, *cli.uvicorn_args(loaded)], standalone_mode=False)
     (kwargs,) = captured
     # `uvicorn.run` takes a few options of its own (app_dir) before building the Config.
     accepted = inspect.signature(uvicorn.Config).parameters
@@ -167,4 +170,3 @@ async def test_a_bare_uvicorn_run_with_uvicorn_args_enforces_the_limits(
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
-

@@ -15,7 +15,8 @@ STREAM = "/api/v1/coaching/query/stream"
 
 
 async def test_an_answer_past_the_total_timeout_ends_llm_timeout_and_is_stored_as_such(
-    settings, emulator  # type: ignore[no-untyped-def]
+    settings,
+    emulator,  # type: ignore[no-untyped-def]
 ) -> None:
     running = await start_server(
         gemini_settings(settings, emulator).with_overrides(llm_total_timeout_s=1.0)

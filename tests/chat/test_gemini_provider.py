@@ -249,3 +249,36 @@ async def test_a_retry_backoff_past_the_first_chunk_limit_is_not_a_cancel(
     assert calls == 3
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
+
+
+async def test_direct_stream_goes_through_the_proxy_the_environment_names(
+    settings: Settings, emulator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing listens on the upstream port: only a request sent to the proxy (here the
+    # emulator itself, which serves the absolute-form request) can be answered.
+    monkeypatch.setenv("HTTP_PROXY", emulator)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    p = GeminiProvider(
+        gemini_settings(settings, emulator).with_overrides(
+            gemini_stream_transport="direct", gemini_base_url="http://127.0.0.1:1"
+        )
+    )
+    try:
+        chunks, result = await collect(p, "프록시를 거쳐도 답이 오나요?")
+    finally:
+        await p.aclose()
+    assert "".join(chunks) == await unary_answer(emulator, "프록시를 거쳐도 답이 오나요?")
+    assert result.usage is not None
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    bypassing = GeminiProvider(
+        gemini_settings(settings, emulator).with_overrides(
+            gemini_stream_transport="direct", gemini_base_url="http://127.0.0.1:1", llm_retries=0
+        )
+    )
+    try:
+        with pytest.raises(LLMError):
+            await collect(bypassing, "프록시 없이")
+    finally:
+        await bypassing.aclose()

@@ -208,9 +208,7 @@ async def test_a_client_that_leaves_an_sse_stream_is_noticed_before_anything_is_
         await asyncio.sleep(0.05)
     # The answer goes on without its reader and is stored whole.
     mid = events[0].data["message_id"]
-    async with gclient.stream(
-        "GET", f"/api/v1/coaching/streams/{mid}", headers=user.headers
-    ) as r:
+    async with gclient.stream("GET", f"/api/v1/coaching/streams/{mid}", headers=user.headers) as r:
         rest = await read_sse(r)
     assert rest[-1].event == "done" and rest[-1].data["status"] == "complete"
 

@@ -110,9 +110,7 @@ def test_fusion_respects_the_allowed_documents_and_the_limit() -> None:
     allowed = np.array([False, True, True])
     ranking = fuse(groups=_groups(), chunk_signals=[(1.0, chunk)], allowed=allowed, limit=1)
     assert ranking.documents.tolist() == [1]
-    nothing = fuse(
-        groups=_groups(), chunk_signals=[(1.0, chunk)], allowed=np.zeros(3, dtype=bool)
-    )
+    nothing = fuse(groups=_groups(), chunk_signals=[(1.0, chunk)], allowed=np.zeros(3, dtype=bool))
     assert len(nothing.documents) == 0
 
 

@@ -166,9 +166,7 @@ async def test_gemini_embedder_batches_through_google_genai_against_the_emulator
     assert (await embedder.embed_query("문단 7")).shape == (48,)
 
     # The same pipeline with the dense signal on: the query is embedded by Gemini too.
-    r = await open_retriever(
-        small_settings, embedder=embedder, config=RankConfig(dense_weight=0.5)
-    )
+    r = await open_retriever(small_settings, embedder=embedder, config=RankConfig(dense_weight=0.5))
     try:
         assert r.collection_name == "small_kb-gemini-text-embedding-004"
         assert r.size > 0

@@ -50,10 +50,7 @@ async def test_a_burst_of_searches_sheds_to_lexical_ranking(tmp_path: Path) -> N
     try:
         retriever.max_embed_queue = 2
         results = await asyncio.gather(
-            *(
-                retriever.search("참여비전형 리더의 강점", k=3)
-                for _ in range(12)
-            )
+            *(retriever.search("참여비전형 리더의 강점", k=3) for _ in range(12))
         )
     finally:
         await retriever.close()

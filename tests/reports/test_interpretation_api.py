@@ -226,8 +226,8 @@ async def test_expired_report_is_generated_again_under_the_same_id(
 async def test_different_inputs_make_different_reports(
     client: httpx.AsyncClient, alice: User
 ) -> None:
-    a = (await interpret(client, alice, {"assessment": {"공유": 5, "상호작용": 5, "성장": 5}}))
-    b = (await interpret(client, alice, {"assessment": {"공유": 5, "상호작용": 5, "성장": 5.5}}))
+    a = await interpret(client, alice, {"assessment": {"공유": 5, "상호작용": 5, "성장": 5}})
+    b = await interpret(client, alice, {"assessment": {"공유": 5, "상호작용": 5, "성장": 5.5}})
     assert a.json()["leadership_code"] == b.json()["leadership_code"] == "HHH"
     assert a.json()["report_id"] != b.json()["report_id"]
 
@@ -271,7 +271,8 @@ async def test_generate_shim_returns_the_summary_as_interpretation(
     r = await client.post("/generate", json={"leadership_type": "HHH"}, headers=bob.headers)
     assert r.status_code == 200
     r = await client.post(
-        "/generate", json={"user_id": alice.user_id, "leadership_type": "HHH"},
+        "/generate",
+        json={"user_id": alice.user_id, "leadership_type": "HHH"},
         headers=bob.headers,
     )
     assert r.status_code == 403

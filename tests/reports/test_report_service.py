@@ -83,7 +83,9 @@ def service(
 
 
 async def test_a_new_prompt_version_misses_the_cache(
-    settings: Settings, pool: asyncpg.Pool, redis_client: aioredis.Redis,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     user = await new_user(pool)
@@ -104,7 +106,9 @@ async def test_a_new_prompt_version_misses_the_cache(
 
 
 async def test_a_new_knowledge_base_version_misses_the_cache(
-    settings: Settings, pool: asyncpg.Pool, redis_client: aioredis.Redis,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
 ) -> None:
     user = await new_user(pool)
     svc = service(settings, pool, redis_client)

@@ -53,8 +53,9 @@ async def test_gemini_report_is_structured_and_scores_are_computed(
     assert [f["type"] for f in report["followership"]] == list(FOLLOWERSHIP_TYPES)
     expected = compatibility_scores("HLL", scores)
     assert {f["type"]: f["score"] for f in report["followership"]} == expected
-    assert all(f["synergy"] and f["caution"] and f["how_to_work_together"]
-               for f in report["followership"])
+    assert all(
+        f["synergy"] and f["caution"] and f["how_to_work_together"] for f in report["followership"]
+    )
     assert data["sources"], "retrieval (or the knowledge-base files) grounded the prompt"
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import asyncpg
 
 from ...errors import NotFound
+from ...llm.base import Usage
+from . import usage as usage_repo
 
 CONVERSATION_COLUMNS = "id, user_id, report_id, title, leadership_type, created_at, updated_at"
 MESSAGE_COLUMNS = (
@@ -314,6 +316,30 @@ async def insert_assistant_message(
     )
 
 
+_FINISH = """
+        UPDATE messages SET content = $2, status = $3, finish_reason = $4, error_code = $5,
+               prompt_tokens = $6, completion_tokens = $7, total_tokens = $8,
+               ttft_ms = $9, latency_ms = $10, cancel_reason = $11, updated_at = now()
+               {billing}
+        WHERE id = $1
+"""
+# A billed turn also stores its cached/thought counts and adds itself to its owner's day.
+_FINISH_BILLED = f"""
+        WITH m AS (
+            {
+    _FINISH.format(billing=", cached_tokens = $12, thought_tokens = $13, usage_estimated = $14")
+}
+            RETURNING user_id
+        )
+        INSERT INTO usage_daily (user_id, day, turns, estimated_turns, prompt_tokens,
+                                 completion_tokens, cached_tokens, thought_tokens)
+        SELECT m.user_id, (now() AT TIME ZONE $15)::date, 1, $14::boolean::int, $16, $17,
+               coalesce($12, 0), coalesce($13, 0)
+        FROM m
+        {usage_repo.ADD_TO_DAY}
+"""
+
+
 async def finish_message(
     conn: asyncpg.Connection,
     *,
@@ -326,14 +352,12 @@ async def finish_message(
     usage: dict[str, int | None],
     ttft_ms: int | None,
     latency_ms: int | None,
+    billed: Usage | None = None,
+    timezone: str = "UTC",
 ) -> None:
-    await conn.execute(
-        """
-        UPDATE messages SET content = $2, status = $3, finish_reason = $4, error_code = $5,
-               prompt_tokens = $6, completion_tokens = $7, total_tokens = $8,
-               ttft_ms = $9, latency_ms = $10, cancel_reason = $11, updated_at = now()
-        WHERE id = $1
-        """,
+    """The answer's final state, in one statement: with `billed`, the turn's usage is
+    added to its owner's day in the same statement (both or neither)."""
+    fields = (
         message_id,
         content,
         status,
@@ -345,6 +369,19 @@ async def finish_message(
         ttft_ms,
         latency_ms,
         cancel_reason,
+    )
+    if billed is None:
+        await conn.execute(_FINISH.format(billing=""), *fields)
+        return
+    await conn.execute(
+        _FINISH_BILLED,
+        *fields,
+        billed.cached_tokens,
+        billed.thought_tokens,
+        billed.estimated,
+        timezone,
+        billed.prompt_tokens or 0,
+        billed.completion_tokens or 0,
     )
 
 
@@ -442,12 +479,14 @@ async def interrupt_lost_message(
 async def write_partial_answers(
     conn: asyncpg.Connection, *, texts: Sequence[tuple[uuid.UUID, str]]
 ) -> None:
-    """The text so far of each answer still `streaming`, in one `executemany`; a row that
-    reached its final status meanwhile keeps its final text."""
-    await conn.executemany(
+    """The text so far of each answer still `streaming`, in one statement for the whole
+    batch; a row that reached its final status meanwhile keeps its final text."""
+    await conn.execute(
         """
-        UPDATE messages SET content = $2, updated_at = now()
-        WHERE id = $1 AND status = 'streaming'
+        UPDATE messages AS m SET content = t.content, updated_at = now()
+        FROM unnest($1::uuid[], $2::text[]) AS t(id, content)
+        WHERE m.id = t.id AND m.status = 'streaming'
         """,
-        texts,
+        [key for key, _ in texts],
+        [text for _, text in texts],
     )

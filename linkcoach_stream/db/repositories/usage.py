@@ -4,14 +4,13 @@ every instance agrees on it."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import date
 
 import asyncpg
 
 from ...llm.base import Usage
 
-_ADD = """
+ADD_TO_DAY = """
     ON CONFLICT (user_id, day) DO UPDATE SET
         turns = usage_daily.turns + EXCLUDED.turns,
         estimated_turns = usage_daily.estimated_turns + EXCLUDED.estimated_turns,
@@ -24,35 +23,6 @@ _ADD = """
 """
 
 
-async def record_turn(
-    conn: asyncpg.Connection, *, message_id: uuid.UUID, usage: Usage, timezone: str
-) -> None:
-    """Store the turn's cached/thought counts on its message and add the turn to its
-    owner's day, in one statement."""
-    await conn.execute(
-        f"""
-        WITH m AS (
-            UPDATE messages SET cached_tokens = $2, thought_tokens = $3, usage_estimated = $4
-            WHERE id = $1
-            RETURNING user_id
-        )
-        INSERT INTO usage_daily (user_id, day, turns, estimated_turns, prompt_tokens,
-                                 completion_tokens, cached_tokens, thought_tokens)
-        SELECT m.user_id, (now() AT TIME ZONE $5)::date, 1, $4::boolean::int, $6, $7,
-               coalesce($2, 0), coalesce($3, 0)
-        FROM m
-        {_ADD}
-        """,
-        message_id,
-        usage.cached_tokens,
-        usage.thought_tokens,
-        usage.estimated,
-        timezone,
-        usage.prompt_tokens or 0,
-        usage.completion_tokens or 0,
-    )
-
-
 async def record_report(
     conn: asyncpg.Connection, *, user_id: str, usage: Usage, timezone: str
 ) -> None:
@@ -61,7 +31,7 @@ async def record_report(
         INSERT INTO usage_daily (user_id, day, reports, prompt_tokens, completion_tokens,
                                  cached_tokens, thought_tokens)
         VALUES ($1, (now() AT TIME ZONE $2)::date, 1, $3, $4, $5, $6)
-        {_ADD}
+        {ADD_TO_DAY}
         """,
         user_id,
         timezone,
