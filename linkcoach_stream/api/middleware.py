@@ -15,6 +15,8 @@ from ..services.apilog import ApiLogEntry
 from ..state import scope_state
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Scope key: the `send` of the outermost layer here (see `RequestContextMiddleware`).
+BODY_SEND = "linkcoach.body_send"
 
 
 class RequestContextMiddleware:
@@ -40,6 +42,9 @@ class RequestContextMiddleware:
         token = request_id_var.set(rid)
         state = scope.setdefault("state", {})
         state["request_id"] = rid
+        # Every layer inside this one looks only at a response's head (status, headers);
+        # a streaming response sends its body frames here, past them (`api/sse.py`).
+        scope[BODY_SEND] = send
         started = time.perf_counter()
         status = 0
 

@@ -38,6 +38,7 @@ from ..server import WRITE_TIMEOUT_EXTENSION
 from ..services.events import StreamEvent
 from ..state import state_of
 from . import streaming
+from .middleware import BODY_SEND
 
 SSE_HEADERS = {"Cache-Control": "no-store", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 _PING = b": ping\r\n\r\n"
@@ -105,6 +106,9 @@ class EventStream(Response):
             # Headers as for GET; an endless body must not start (sse-starlette's rule).
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
+        # The head went through every middleware; the frames skip the layers that only
+        # look at the head (one call each per frame).
+        send = scope.get(BODY_SEND, send)
         watcher = asyncio.create_task(self._watch(receive, send))
         try:
             async with aclosing(self.stream.relay()) as relayed:

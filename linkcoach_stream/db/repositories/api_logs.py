@@ -23,24 +23,22 @@ class ApiLogEntry:
 
 
 async def insert_api_logs(conn: asyncpg.Connection, *, entries: Sequence[ApiLogEntry]) -> None:
-    await conn.executemany(
+    """The whole batch in one statement (a column array each)."""
+    await conn.execute(
         """
         INSERT INTO api_logs (ts, request_id, user_id, method, endpoint, status,
                               duration_ms, client_ip, error)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[],
+                             $5::text[], $6::integer[], $7::double precision[], $8::text[],
+                             $9::text[])
         """,
-        [
-            (
-                e.ts,
-                e.request_id,
-                e.user_id,
-                e.method,
-                e.endpoint,
-                e.status,
-                e.duration_ms,
-                e.client_ip,
-                e.error,
-            )
-            for e in entries
-        ],
+        [e.ts for e in entries],
+        [e.request_id for e in entries],
+        [e.user_id for e in entries],
+        [e.method for e in entries],
+        [e.endpoint for e in entries],
+        [e.status for e in entries],
+        [e.duration_ms for e in entries],
+        [e.client_ip for e in entries],
+        [e.error for e in entries],
     )
