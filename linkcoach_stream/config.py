@@ -476,6 +476,19 @@ class Settings:
         "often (`0` = off)",
         unit="s",
     )
+    gc_freeze: bool = env(
+        "GC_FREEZE",
+        True,
+        "once started, the objects that live as long as the process (the knowledge-base "
+        "index, models, pools) are moved out of Python's cyclic collector's view "
+        "(`gc.freeze()`), so its full passes no longer walk them",
+    )
+    gc_thresholds: tuple[str, ...] = env(
+        "GC_THRESHOLDS",
+        ("10000", "20", "20"),
+        "Python's collector thresholds (`gc.set_threshold`), three whole numbers; empty "
+        "keeps Python's own (700,10,10). Fewer young-generation passes per turn",
+    )
     persist_interval_s: float = env(
         "PERSIST_INTERVAL",
         0.25,
@@ -703,6 +716,21 @@ class Settings:
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    def gc_threshold_values(self) -> tuple[int, int, int] | None:
+        """`GC_THRESHOLDS` as numbers; None keeps Python's own."""
+        if not self.gc_thresholds:
+            return None
+        try:
+            values = tuple(int(v) for v in self.gc_thresholds)
+        except ValueError:
+            values = ()
+        if len(values) != 3 or min(values) < 0:
+            raise ConfigError(
+                "GC_THRESHOLDS must be three whole numbers >= 0 such as 10000,20,20 "
+                f"(got {','.join(self.gc_thresholds)!r})"
+            )
+        return values[0], values[1], values[2]
+
     def validate(self) -> Settings:
         env = self.app_env.strip().lower()
         if env not in APP_ENVS:
@@ -754,6 +782,7 @@ class Settings:
             raise ConfigError(f"USAGE_TIMEZONE is not a known time zone: {exc}") from exc
         if self.provider_name == "gemini" and not self.gemini_api_key:
             raise ConfigError("LLM_PROVIDER=gemini needs GEMINI_API_KEY")
+        self.gc_threshold_values()
         return self
 
     def _validate_secrets(self) -> None:

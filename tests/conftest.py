@@ -131,6 +131,10 @@ def settings(database_url: str, redis_url: str, work_dir: Path) -> Settings:
         stream_ping_interval_s=5,
         # Many tests fail auth on purpose from one address; the limit has its own tests.
         rate_auth_failures_per_min=0.0,
+        # The test process starts hundreds of apps: leave its collector alone
+        # (tests/api/test_gc_tuning.py covers the settings).
+        gc_freeze=False,
+        gc_thresholds=(),
     ).validate()
 
 

@@ -93,6 +93,7 @@ def sample(setting_env: str, default: object) -> str:
         "CORS_ORIGINS": "https://a.example,https://b.example",
         "FORWARDED_ALLOW_IPS": "10.0.0.1",
         "GEMINI_API_KEY": "g-key",
+        "GC_THRESHOLDS": "5000,5,5",
     }
     if setting_env in special:
         return special[setting_env]
