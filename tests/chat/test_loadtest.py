@@ -51,5 +51,9 @@ async def test_loadtest_drives_real_streams(gemini_server: RunningServer, mode: 
     result = await run(args)
     assert result["turns_ok"] == 8 and result["turns_failed"] == 0
     assert result["ttft_ms"]["p50"] > 0
+    # Every stream's `meta` comes before its first delta, with the server's timings.
+    assert 0 < result["meta_ms"]["p50"] <= result["ttft_ms"]["p50"]
+    timings = result["server_timings_ms"]
+    assert timings and all(p["p50"] is not None and p["p50"] >= 0 for p in timings.values())
     assert result["gap_ms"]["p50"] is not None
     assert result["chunks"] >= 8 * 3
