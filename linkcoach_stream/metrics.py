@@ -104,6 +104,13 @@ class Metrics:
             ["mode"],
             registry=r,
         )
+        self.query_analyses = Gauge(
+            "linkcoach_retrieval_query_analyses",
+            "Questions analysed since start: in the query process (`process`), or in the "
+            "server process while it was down, starting or stuck (`inline`)",
+            ["where"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "linkcoach_rate_limited_total",
             "Requests refused by a rate limit",

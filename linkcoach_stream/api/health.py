@@ -85,6 +85,10 @@ async def metrics(request: Request) -> Response:
         searches.labels("hybrid").set(retriever.hybrid_searches)
         searches.labels("lexical_shed").set(retriever.shed_searches)
         searches.labels("lexical").set(retriever.lexical_searches)
+        queries = retriever.query_analyzer
+        if queries is not None:
+            state.metrics.query_analyses.labels("process").set(queries.remote)
+            state.metrics.query_analyses.labels("inline").set(queries.inline)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

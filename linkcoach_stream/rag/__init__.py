@@ -1,6 +1,5 @@
-"""Retrieval over knowledge_base/: documents (parsing, chunking), embedders, retriever."""
+"""Retrieval over knowledge_base/: documents (parsing, chunking), embedders, retriever.
 
-from .ingest import IngestReport
-from .retriever import Passage, Retriever, open_retriever
-
-__all__ = ["IngestReport", "Passage", "Retriever", "open_retriever"]
+Nothing is imported here, so the query analyzer's child process (`query_worker`) starts
+without Chroma or the embedders.
+"""

@@ -38,10 +38,10 @@ class Mirror:
     metas: tuple[dict[str, Any], ...]
     vectors: NDArray[np.float32]
     version: str
-    chunk_index: BM25Index
-    document_index: BM25Index
-    field_index: BM25Index
-    example_index: BM25Index
+    # The chunk, whole-document, front-matter and example-question indexes, stacked
+    # (`BM25Index.stacked`); `lexical_scores` splits a search's scores back into four.
+    lexical: BM25Index
+    lexical_ends: tuple[int, int, int, int]
     example_groups: ChunkGroups
     groups: ChunkGroups
     doc_paths: tuple[str, ...]
@@ -81,16 +81,17 @@ class Mirror:
             for key in meta:
                 if key.startswith(("lt_", "ft_")) and meta[key]:
                     flags.setdefault(key, np.zeros(len(doc_metas), dtype=np.float32))[d] = 1.0
+        indexes = [BM25Index(t) for t in (chunk_tokens, whole, fields, example_tokens)]
+        sizes = np.cumsum([index.size for index in indexes]).tolist()
+        ends = (sizes[0], sizes[1], sizes[2], sizes[3])
         return cls(
             ids=tuple(ids),
             texts=tuple(texts),
             metas=tuple(metas),
             vectors=vectors,
             version=compute_kb_version(ids),
-            chunk_index=BM25Index(chunk_tokens),
-            document_index=BM25Index(whole),
-            field_index=BM25Index(fields),
-            example_index=BM25Index(example_tokens),
+            lexical=BM25Index.stacked(indexes),
+            lexical_ends=ends,
             example_groups=ChunkGroups.of(np.array(example_doc, dtype=np.int64), len(doc_pos)),
             groups=ChunkGroups.of(chunk_doc, len(doc_pos)),
             doc_paths=tuple(doc_pos),
@@ -98,6 +99,15 @@ class Mirror:
             doc_flags=flags,
             position={chunk_id: i for i, chunk_id in enumerate(ids)},
         )
+
+    def lexical_scores(
+        self, *weighted: tuple[float, Sequence[str]]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        """BM25 of the weighted token lists for every chunk, document, front-matter field
+        and example question, in one pass."""
+        scores = self.lexical.scores(*weighted)
+        a, b, c, d = self.lexical_ends
+        return scores[:a], scores[a:b], scores[b:c], scores[c:d]
 
     def flag(self, key: str) -> NDArray[np.float32]:
         """1.0 for each document whose metadata carries the boolean `key` (lt_HHH, ft_driver)."""

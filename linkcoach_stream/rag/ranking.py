@@ -64,7 +64,8 @@ class BM25Index:
     weighted sum of token rows, gathered from the CSR arrays and summed with one
     `np.bincount`, so the question's words and the lexicon's expansions are scored in
     one pass, each with its own weight (bm25s' scorer takes unweighted ids; a scipy row
-    slice costs ~0.5 ms of set-up per call, more than the sum itself)."""
+    slice costs ~0.5 ms of set-up per call, more than the sum itself). The rows are
+    gathered with one index array, not a slice and a concatenation per token."""
 
     def __init__(self, corpus_tokens: Sequence[Sequence[str]]) -> None:
         import bm25s
@@ -83,7 +84,39 @@ class BM25Index:
             self._data = np.asarray(weights["data"], dtype=np.float32)
             self._indices = np.asarray(weights["indices"], dtype=np.int64)
             self._indptr = np.asarray(weights["indptr"], dtype=np.int64)
-            self._vocab = vocab
+            # bm25s appends "" to the vocabulary it is given, without a row of its own.
+            rows = len(self._indptr) - 1
+            self._vocab = {token: row for token, row in vocab.items() if row < rows}
+
+    @classmethod
+    def stacked(cls, indexes: Sequence[BM25Index]) -> BM25Index:
+        """One index whose texts are those of `indexes`, one after the other, each
+        scored exactly as in its own index (its own IDF and average length): a search
+        looks each token up once and sums every signal in one `bincount`."""
+        out = cls([])
+        offsets = np.cumsum([0, *(index.size for index in indexes)])
+        vocab: dict[str, int] = {}
+        rows, cols, data = [], [], []
+        for index, offset in zip(indexes, offsets[:-1], strict=True):
+            if not index._vocab:
+                continue
+            # An index's rows are its token ids, in the order its vocabulary was built.
+            union = np.array([vocab.setdefault(t, len(vocab)) for t in index._vocab], np.int64)
+            rows.append(np.repeat(union, np.diff(index._indptr)))
+            cols.append(index._indices + offset)
+            data.append(index._data)
+        out.size = int(offsets[-1])
+        if vocab:
+            row = np.concatenate(rows)
+            # Stable: within a token's row, the indexes' entries keep their order, so
+            # every text's score is summed in the same order as in its own index.
+            order = np.argsort(row, kind="stable")
+            out._indices = np.concatenate(cols)[order]
+            out._data = np.concatenate(data)[order]
+            out._indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(row, minlength=len(vocab)), out=out._indptr[1:])
+            out._vocab = vocab
+        return out
 
     def scores(self, *weighted: tuple[float, Sequence[str]]) -> Scores:
         """Sum over (weight, tokens) of weight x BM25(tokens), for every text; a token
@@ -96,10 +129,18 @@ class BM25Index:
                     counts[row] = counts.get(row, 0.0) + weight
         if not counts:
             return np.zeros(self.size, dtype=np.float32)
-        spans = [(self._indptr[r], self._indptr[r + 1], w) for r, w in counts.items()]
-        cols = np.concatenate([self._indices[a:b] for a, b, _ in spans])
-        vals = np.concatenate([self._data[a:b] * np.float32(w) for a, b, w in spans])
-        return np.bincount(cols, weights=vals, minlength=self.size).astype(np.float32)
+        rows = np.fromiter(counts, dtype=np.int64, count=len(counts))
+        weights = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+        starts = self._indptr[rows]
+        lengths = self._indptr[rows + 1] - starts
+        # Every token's row of the CSR arrays at once: each row's entries are
+        # starts[i] .. starts[i] + lengths[i], laid end to end.
+        ends = np.cumsum(lengths)
+        at = np.repeat(starts - ends + lengths, lengths) + np.arange(int(ends[-1]))
+        vals = self._data[at] * np.repeat(weights, lengths)
+        return np.bincount(self._indices[at], weights=vals, minlength=self.size).astype(
+            np.float32
+        )
 
 
 def zscore(values: NDArray[np.floating]) -> Scores:

@@ -176,6 +176,29 @@ class ChatService:
             # Before anything is retrieved on, stored, logged or sent to the model.
             question, req = mask_turn(question, req)
         await self.limiter.hit("turns", user.user_id)
+        # The question's analysis starts now and runs in the query process while the
+        # conversation and the budget are read (for the token's type: a conversation or
+        # report of another type analyses it again).
+        prefetched = (
+            self.retriever.prefetch(question, leadership_type=user.leadership_type)
+            if self.retriever is not None
+            else None
+        )
+        try:
+            return await self._start_prefetched(user, req, leases, question, prefetched)
+        finally:
+            if prefetched is not None:
+                prefetched.cancel()
+
+    async def _start_prefetched(
+        self,
+        user: Principal,
+        req: TurnRequest,
+        leases: Leases,
+        question: str,
+        prefetched: Any,
+    ) -> TurnStarted:
+        """The rest of `_start_turn`, once the question's analysis is under way."""
         code = user.leadership_type
         conversation = None
         if req.conversation_id is not None or req.report_id is not None:
@@ -200,7 +223,7 @@ class ChatService:
                     code = report["leadership_code"]
 
         await check_budget(self.pool, self.settings, self.metrics, user_id=user.user_id)
-        passages = await self.context(question, code)
+        passages = await self.context(question, code, prefetched=prefetched)
         message_id = uuid.uuid4()
         leases.take(await self.limiter.acquire_stream(user.user_id, str(message_id)))
         return await self._store_and_start(
@@ -290,12 +313,18 @@ class ChatService:
         self.start_generation(started=started, prompt=prompt, leases=leases)
         return started
 
-    async def context(self, question: str, code: str | None) -> list[PassageLike]:
+    async def context(
+        self, question: str, code: str | None, *, prefetched: Any = None
+    ) -> list[PassageLike]:
         """The passages an answer to `question` is grounded in (none without retrieval)."""
         if self.retriever is None:
             return []
         with part("retrieval", {"linkcoach.leadership_type": code or ""}):
-            return list(await self.retriever.search(question, leadership_type=code, k=4))
+            return list(
+                await self.retriever.search(
+                    question, leadership_type=code, k=4, prefetched=prefetched
+                )
+            )
 
     def prompt(
         self,

@@ -35,6 +35,13 @@ async def test_streamed_answer_lists_and_cites_retrieved_sources(rag_server: Run
     }
     assert set(searches) == {"hybrid", "lexical_shed", "lexical"}
     assert searches["lexical"] >= 1, "the turn's search is counted (dense signal off)"
+    analyses = {
+        line.split('where="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("linkcoach_retrieval_query_analyses{")
+    }
+    assert analyses["process"] >= 1, "the question was analysed in the query process"
+    assert analyses["inline"] == 0
     meta = events[0].data
     assert meta["sources"], "meta lists the retrieved sources"
     paths = [source["path"] for source in meta["sources"]]

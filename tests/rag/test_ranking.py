@@ -72,6 +72,32 @@ def test_bm25_matches_bm25s_and_weights_each_token_list() -> None:
     assert np.allclose(half, want, atol=1e-5)
 
 
+def test_stacked_indexes_score_every_text_exactly_as_its_own_index() -> None:
+    corpora = [
+        [["회의", "안건", "시간"], ["피드백", "칭찬", "회의"], ["칭찬", "칭찬", "동기"]],
+        [],  # an index with no text
+        [["회의", "회의"], []],  # one text without tokens
+        [["동기", "부여", "회의"], ["안건"], ["위임", "피드백"], ["칭찬"]],
+    ]
+    indexes = [BM25Index(corpus) for corpus in corpora]
+    stacked = BM25Index.stacked(indexes)
+    assert stacked.size == sum(len(c) for c in corpora)
+    queries = [
+        ((1.0, ["회의", "칭찬", "회의"]), (0.5, ["동기", "없는말"])),
+        ((1.0, ["위임"]),),
+        ((1.0, ["없는말"]), (0.5, [""])),
+    ]
+    for weighted in queries:
+        scores = stacked.scores(*weighted)
+        at = 0
+        for index in indexes:
+            own = index.scores(*weighted)
+            # Bit for bit: the same products summed in the same order.
+            assert np.array_equal(scores[at : at + index.size], own)
+            at += index.size
+    assert BM25Index.stacked([]).scores((1.0, ["회의"])).shape == (0,)
+
+
 def test_zscore_of_a_flat_signal_is_zero() -> None:
     assert not zscore(np.ones(5)).any()
     z = zscore(np.array([1.0, 2.0, 3.0]))

@@ -1,0 +1,262 @@
+"""A question's morphemes and lexicon expansions, analysed in a child process.
+
+kiwi's analysis is ~0.8 ms of the ~1.3 ms CPU of a search and holds the GIL the whole
+time (two threads analysing at once take longer than one after the other), so on the
+server's one event loop every search queues every other request behind it. A burst of
+50 turns arriving within 50 ms made the last of them go upstream ~100 ms late
+(`benchmarks/streams.py --levels 50`: added TTFT p99 +72 to +111 ms against the relay;
+with retrieval off, +4 ms). Here the analysis runs in a child process on the other
+core and the loop only writes a line and reads one back.
+
+Decisions worth keeping:
+
+- One child per server process, a line protocol on its stdin/stdout (a JSON string in,
+  a JSON object out) read by the event loop itself: no executor, no feeder thread that
+  would take the GIL back from the loop. Answers come back in request order, so a deque
+  of futures matches them.
+- The child computes exactly what `Retriever.rank` would compute in process (the same
+  `analyzer.tokens` and `Lexicon.expansion_tokens` over the same lexicon file), so a
+  ranking never depends on where its question was analysed.
+- It never fails a search. While the child is down, starting, stuck (no answer within
+  `timeout_s`: it is killed) or gives `null` for one text, that question is analysed in
+  the server process, as before; the child is started again after `restart_delay_s`.
+- The child ends when its stdin closes, so it never outlives the server, even a killed
+  one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from . import analyzer
+from .analyzer import Lexicon
+
+log = logging.getLogger(__name__)
+
+_READY = b"ready\n"
+_LINE_LIMIT = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class QueryTokens:
+    """What a search scores: the question's own morphemes and its lexicon expansions."""
+
+    query: list[str]
+    expansion: list[str]
+
+
+def analyse(text: str, lexicon: Lexicon, *, use_lexicon: bool = True) -> QueryTokens:
+    """The in-process analysis, also the child's."""
+    return QueryTokens(
+        analyzer.tokens(text), lexicon.expansion_tokens(text) if use_lexicon else []
+    )
+
+
+class QueryAnalyzer:
+    """Sends questions to the child; `analyse` falls back to the server process."""
+
+    def __init__(
+        self,
+        lexicon_path: Path | str | None,
+        *,
+        lexicon: Lexicon | None = None,
+        timeout_s: float = 2.0,
+        restart_delay_s: float = 1.0,
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        self.lexicon_path = str(lexicon_path) if lexicon_path else ""
+        self.lexicon = lexicon if lexicon is not None else Lexicon()
+        self.timeout_s = timeout_s
+        self.restart_delay_s = restart_delay_s
+        self.start_timeout_s = start_timeout_s
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ready = False
+        self._pending: collections.deque[tuple[asyncio.Future[QueryTokens | None], float]] = (
+            collections.deque()
+        )
+        self._supervisor: asyncio.Task[None] | None = None
+        self._first_ready: asyncio.Event = asyncio.Event()
+        self._closing = False
+        self.remote = 0  # questions analysed by the child
+        self.inline = 0  # questions analysed here while the child was not available
+        self.starts = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> None:
+        """Start the child and wait (at most `start_timeout_s`) until it has loaded kiwi;
+        if it cannot start, questions are analysed here until it can."""
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="query-analyzer")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_ready.wait(), self.start_timeout_s)
+        if not self._ready:
+            log.warning("query analyzer process not ready; analysing in the server process")
+
+    async def analyse(self, text: str, *, use_lexicon: bool = True) -> QueryTokens:
+        proc = self._proc
+        if self._ready and proc is not None and proc.stdin is not None and use_lexicon:
+            future: asyncio.Future[QueryTokens | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._pending.append((future, time.monotonic()))
+            try:
+                proc.stdin.write(orjson.dumps(text) + b"\n")
+            except (ConnectionError, RuntimeError):
+                self._pending.pop()
+            else:
+                with contextlib.suppress(ConnectionError):
+                    tokens = await future
+                    if tokens is not None:
+                        self.remote += 1
+                        return tokens
+        self.inline += 1
+        return analyse(text, self.lexicon, use_lexicon=use_lexicon)
+
+    async def close(self) -> None:
+        """End the child (its stdin closed, killed after 5 s) and stop restarting it."""
+        self._closing = True
+        self._ready = False
+        if self._proc is not None:
+            await _end(self._proc)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+        self._fail_pending()
+
+    # -- the child's lifecycle ----------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while not self._closing:
+            try:
+                await self._run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the next start may work; searches go on
+                log.warning("query analyzer process failed", exc_info=True)
+            self._ready = False
+            self._fail_pending()
+            if self._closing:
+                break
+            self._first_ready.set()  # a caller waiting for the first start stops waiting
+            await asyncio.sleep(self.restart_delay_s)
+
+    async def _run_once(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            __name__,
+            self.lexicon_path,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=_LINE_LIMIT,
+        )
+        self._proc = proc
+        self.starts += 1
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), self.start_timeout_s)
+            if line != _READY:
+                raise RuntimeError(f"query analyzer process said {line[:80]!r} at start")
+            self._ready = True
+            self._first_ready.set()
+            watchdog = asyncio.create_task(self._watch(proc), name="query-analyzer-watchdog")
+            try:
+                await self._read(proc.stdout)
+            finally:
+                watchdog.cancel()
+        finally:
+            self._ready = False
+            await _end(proc)
+            if not self._closing:
+                log.warning(
+                    "query analyzer process ended", extra={"returncode": proc.returncode}
+                )
+
+    async def _read(self, stdout: asyncio.StreamReader) -> None:
+        while True:
+            line = await stdout.readline()
+            if not line:
+                return
+            if not self._pending:
+                raise RuntimeError("query analyzer process answered a question not asked")
+            future, _ = self._pending.popleft()
+            if not future.done():
+                future.set_result(_decode(line))
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        """Kill a child that stopped answering; its questions go to the fallback."""
+        while True:
+            await asyncio.sleep(self.timeout_s / 4)
+            if self._pending and time.monotonic() - self._pending[0][1] > self.timeout_s:
+                log.warning("query analyzer process stopped answering; restarting it")
+                self._ready = False
+                self._fail_pending()
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                return
+
+    def _fail_pending(self) -> None:
+        while self._pending:
+            future, _ = self._pending.popleft()
+            if not future.done():
+                future.set_exception(ConnectionError("query analyzer process is gone"))
+
+
+async def _end(proc: asyncio.subprocess.Process, grace_s: float = 5.0) -> None:
+    """Close the child's stdin and wait for it to exit; kill it only if it has not after
+    `grace_s`. A child that is exiting anyway is never signalled: `Popen.send_signal`
+    polls first, reaping the child under asyncio's watcher, which then reports exit
+    code 255 for it."""
+    if proc.stdin is not None and not proc.stdin.is_closing():
+        proc.stdin.close()
+    try:
+        await asyncio.wait_for(proc.wait(), grace_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+def _decode(line: bytes) -> QueryTokens | None:
+    try:
+        data = orjson.loads(line)
+        return QueryTokens(list(data["q"]), list(data["x"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def main(argv: list[str]) -> None:
+    """The child: kiwi and the lexicon loaded once, then one answer per line until EOF."""
+    lexicon = Lexicon.load(argv[0]) if argv and argv[0] else Lexicon()
+    analyzer.warm_up()
+    out = sys.stdout.buffer
+    out.write(_READY)
+    out.flush()
+    for line in sys.stdin.buffer:
+        try:
+            tokens = analyse(orjson.loads(line), lexicon)
+            answer = orjson.dumps({"q": tokens.query, "x": tokens.expansion})
+        except Exception:  # noqa: BLE001 - the parent analyses this one itself
+            answer = b"null"
+        out.write(answer + b"\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
