@@ -932,7 +932,7 @@ FIGURES: list[tuple[str, str, Any]] = [
     ("chunks_per_s", "delta events/s", lambda r: r["load"]["chunks_per_s"]),
     (
         "cpu_s",
-        "server CPU s (process + embedded PG/Redis)",
+        "server CPU s (process and children, embedded PG/Redis)",
         lambda r: r["usage"]["server"]["cpu_s"],
     ),
     ("cpu_main_s", "server CPU s (app process)", lambda r: r["usage"]["server"]["cpu_main_s"]),
@@ -1188,7 +1188,7 @@ def budget_table(result: dict[str, Any], profile: dict[str, Any], level: int) ->
         f"App process {app_ms:.1f} ms per turn (its CPU over {int(turns)} turns of the "
         f"measured run), split by the exclusive shares of the py-spy profile taken at the same "
         "level (each busy sample in the first part whose code is on its stack, in this "
-        "order); Postgres and Redis from their own processes' CPU.",
+        "order); Postgres, Redis and the query process from their own processes' CPU.",
         "",
         "| part | ms per turn | share of the app's samples |",
         "|---|---:|---:|",
@@ -1196,7 +1196,7 @@ def budget_table(result: dict[str, Any], profile: dict[str, Any], level: int) ->
     for name, share in budget.items():
         out.append(f"| {name} | {app_ms * share / 100:.2f} | {share} % |")
     out += [
-        f"| Postgres + Redis servers (embedded, their processes) | {servers_ms:.2f} | – |",
+        f"| Postgres + Redis (embedded), the query process if any | {servers_ms:.2f} | – |",
         f"| **total** | **{app_ms + servers_ms:.1f}** | |",
         "",
     ]

@@ -15,8 +15,8 @@ Decisions worth keeping:
   would take the GIL back from the loop. Answers come back in request order, so a deque
   of futures matches them.
 - The child computes exactly what `Retriever.rank` would compute in process (the same
-  `analyzer.tokens` and `Lexicon.expansion_tokens` over the same lexicon file), so a
-  ranking never depends on where its question was analysed.
+  `analyzer.tokens` and `Lexicon.expansion_tokens`, over the server's own lexicon, sent
+  as the first line), so a ranking never depends on where its question was analysed.
 - It never fails a search. While the child is down, starting, stuck (no answer within
   `timeout_s`: it is killed) or gives `null` for one text, that question is analysed in
   the server process, as before; the child is started again after `restart_delay_s`.
@@ -33,12 +33,11 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import orjson
 
 from . import analyzer
-from .analyzer import Lexicon
+from .analyzer import Lexicon, LexiconGroup
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +65,15 @@ class QueryAnalyzer:
 
     def __init__(
         self,
-        lexicon_path: Path | str | None,
+        lexicon: Lexicon,
         *,
-        lexicon: Lexicon | None = None,
         timeout_s: float = 2.0,
         restart_delay_s: float = 1.0,
         start_timeout_s: float = 60.0,
+        python: str = sys.executable,
     ) -> None:
-        self.lexicon_path = str(lexicon_path) if lexicon_path else ""
-        self.lexicon = lexicon if lexicon is not None else Lexicon()
+        self.lexicon = lexicon
+        self.python = python
         self.timeout_s = timeout_s
         self.restart_delay_s = restart_delay_s
         self.start_timeout_s = start_timeout_s
@@ -158,18 +157,20 @@ class QueryAnalyzer:
 
     async def _run_once(self) -> None:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
+            self.python,
             "-m",
             __name__,
-            self.lexicon_path,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=_LINE_LIMIT,
         )
         self._proc = proc
         self.starts += 1
-        assert proc.stdout is not None
+        assert proc.stdin is not None and proc.stdout is not None
         try:
+            # The first line is the lexicon itself, so the child expands exactly as the
+            # server does, whatever file (or none) the server's lexicon came from.
+            proc.stdin.write(_encode_lexicon(self.lexicon) + b"\n")
             line = await asyncio.wait_for(proc.stdout.readline(), self.start_timeout_s)
             if line != _READY:
                 raise RuntimeError(f"query analyzer process said {line[:80]!r} at start")
@@ -241,9 +242,18 @@ def _decode(line: bytes) -> QueryTokens | None:
         return None
 
 
-def main(argv: list[str]) -> None:
-    """The child: kiwi and the lexicon loaded once, then one answer per line until EOF."""
-    lexicon = Lexicon.load(argv[0]) if argv and argv[0] else Lexicon()
+def _encode_lexicon(lexicon: Lexicon) -> bytes:
+    return orjson.dumps([[list(g.terms), list(g.expand)] for g in lexicon.groups])
+
+
+def _decode_lexicon(line: bytes) -> Lexicon:
+    return Lexicon(tuple(LexiconGroup(tuple(t), tuple(e)) for t, e in orjson.loads(line)))
+
+
+def main() -> None:
+    """The child: the lexicon (first line) and kiwi loaded once, then one answer per
+    line until EOF."""
+    lexicon = _decode_lexicon(sys.stdin.buffer.readline())
     analyzer.warm_up()
     out = sys.stdout.buffer
     out.write(_READY)
@@ -259,4 +269,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

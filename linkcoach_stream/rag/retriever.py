@@ -525,12 +525,9 @@ async def open_retriever(
         embedder = make_embedder(kind, settings=settings)
     client: Any = None
     retriever: Retriever | None = None
-    lexicon_path = Path(settings.knowledge_base_dir) / "lexicon.yaml"
-    options.setdefault("lexicon", Lexicon.load(lexicon_path))
+    options.setdefault("lexicon", Lexicon.load(Path(settings.knowledge_base_dir) / "lexicon.yaml"))
     config = options.get("config") or RankConfig()
-    queries = (
-        QueryAnalyzer(lexicon_path, lexicon=options["lexicon"]) if query_process else None
-    )
+    queries = QueryAnalyzer(options["lexicon"]) if query_process else None
     # e5 (~100 MB) is loaded only when queries use it; ingest loads it on demand. kiwi is
     # loaded here too with a query process: ingestion and the fallback use it.
     warm = asyncio.gather(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from linkcoach_stream.rag.analyzer import Lexicon
+from linkcoach_stream.rag.analyzer import Lexicon, LexiconGroup
 from linkcoach_stream.rag.query_worker import QueryAnalyzer, analyse
 from linkcoach_stream.rag.retriever import Retriever
 
@@ -41,7 +41,7 @@ def lexicon() -> Lexicon:
 
 @pytest.fixture
 async def queries(lexicon: Lexicon) -> AsyncIterator[QueryAnalyzer]:
-    analyzer = QueryAnalyzer(LEXICON, lexicon=lexicon, timeout_s=1.0, restart_delay_s=0.2)
+    analyzer = QueryAnalyzer(lexicon, timeout_s=1.0, restart_delay_s=0.2)
     await analyzer.start()
     assert analyzer.ready, "the query process started"
     try:
@@ -121,7 +121,7 @@ async def test_a_stuck_query_process_is_killed_and_its_questions_answered_here(
 
 
 async def test_closing_ends_the_query_process(lexicon: Lexicon) -> None:
-    analyzer = QueryAnalyzer(LEXICON, lexicon=lexicon)
+    analyzer = QueryAnalyzer(lexicon)
     await analyzer.start()
     proc = analyzer._proc
     assert proc is not None and proc.returncode is None
@@ -135,14 +135,29 @@ async def test_closing_ends_the_query_process(lexicon: Lexicon) -> None:
 async def test_a_child_that_cannot_start_leaves_questions_to_the_server_process(
     lexicon: Lexicon, tmp_path: Path
 ) -> None:
-    bad = tmp_path / "lexicon.yaml"
-    bad.write_text("groups: not-a-list\n", encoding="utf-8")
-    analyzer = QueryAnalyzer(bad, lexicon=lexicon, restart_delay_s=60, start_timeout_s=30)
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'no interpreter here' >&2\nexit 3\n", encoding="utf-8")
+    broken.chmod(0o755)
+    analyzer = QueryAnalyzer(lexicon, restart_delay_s=60, start_timeout_s=30, python=str(broken))
     try:
         await analyzer.start()
-        assert not analyzer.ready
+        assert not analyzer.ready and analyzer.starts == 1
         assert await analyzer.analyse(QUESTIONS[2]) == analyse(QUESTIONS[2], lexicon)
         assert analyzer.inline == 1 and analyzer.remote == 0
+    finally:
+        await analyzer.close()
+
+
+async def test_the_child_expands_with_the_servers_own_lexicon_not_a_file() -> None:
+    own = Lexicon((LexiconGroup(("퇴사각",), ("이직", "퇴사")),))
+    analyzer = QueryAnalyzer(own)
+    await analyzer.start()
+    try:
+        question = "요즘 완전 퇴사각이에요"
+        got = await analyzer.analyse(question)
+        assert got == analyse(question, own) and got.expansion, "expanded by the given groups"
+        assert got != analyse(question, Lexicon.load(LEXICON))
+        assert analyzer.remote == 1
     finally:
         await analyzer.close()
 
