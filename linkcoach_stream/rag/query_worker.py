@@ -21,7 +21,7 @@ Decisions worth keeping:
   `timeout_s`: it is killed) or gives `null` for one text, that question is analysed in
   the server process, as before; the child is started again after `restart_delay_s`.
 - The child ends when its stdin closes, so it never outlives the server, even a killed
-  one.
+  one; it ignores SIGINT (a terminal's Ctrl-C reaches it too) and waits for that.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -253,6 +254,9 @@ def _decode_lexicon(line: bytes) -> Lexicon:
 def main() -> None:
     """The child: the lexicon (first line) and kiwi loaded once, then one answer per
     line until EOF."""
+    # Ctrl-C in a terminal reaches the whole process group: the server shuts down and
+    # closes our stdin, which is when we end, without a traceback of our own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     lexicon = _decode_lexicon(sys.stdin.buffer.readline())
     analyzer.warm_up()
     out = sys.stdout.buffer

@@ -120,6 +120,17 @@ async def test_a_stuck_query_process_is_killed_and_its_questions_answered_here(
     await eventually(lambda: queries.ready and queries.starts == 2)
 
 
+async def test_ctrl_c_in_a_terminal_does_not_end_the_query_process(
+    queries: QueryAnalyzer, lexicon: Lexicon
+) -> None:
+    pid = queries.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGINT)
+    await asyncio.sleep(0.2)
+    assert await queries.analyse(QUESTIONS[3]) == analyse(QUESTIONS[3], lexicon)
+    assert queries.pid == pid and queries.remote == 1 and queries.inline == 0
+
+
 async def test_closing_ends_the_query_process(lexicon: Lexicon) -> None:
     analyzer = QueryAnalyzer(lexicon)
     await analyzer.start()
