@@ -86,6 +86,7 @@ class QueryAnalyzer:
         self._supervisor: asyncio.Task[None] | None = None
         self._first_ready: asyncio.Event = asyncio.Event()
         self._closing = False
+        self._answered_at = 0.0
         self.remote = 0  # questions analysed by the child
         self.inline = 0  # questions analysed here while the child was not available
         self.starts = 0
@@ -198,14 +199,20 @@ class QueryAnalyzer:
             if not self._pending:
                 raise RuntimeError("query analyzer process answered a question not asked")
             future, _ = self._pending.popleft()
+            self._answered_at = time.monotonic()
             if not future.done():
                 future.set_result(_decode(line))
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
-        """Kill a child that stopped answering; its questions go to the fallback."""
+        """Kill a child that stopped answering; its questions go to the fallback. A child
+        that is slow but answering (a long queue on a starved machine) is left alone:
+        its replacement would spend 1.5 s of CPU loading kiwi."""
         while True:
             await asyncio.sleep(self.timeout_s / 4)
-            if self._pending and time.monotonic() - self._pending[0][1] > self.timeout_s:
+            if not self._pending:
+                continue
+            waiting_since = max(self._pending[0][1], self._answered_at)
+            if time.monotonic() - waiting_since > self.timeout_s:
                 log.warning("query analyzer process stopped answering; restarting it")
                 self._ready = False
                 self._fail_pending()

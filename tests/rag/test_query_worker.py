@@ -86,12 +86,17 @@ async def test_a_cancelled_question_does_not_shift_the_answers_of_the_others(
     assert await asyncio.gather(*rest) == [analyse(q, lexicon) for q in QUESTIONS[1:6]]
 
 
+def signal_child(queries: QueryAnalyzer, signum: int) -> int:
+    pid = queries.pid
+    assert pid is not None
+    os.kill(pid, signum)
+    return pid
+
+
 async def test_a_killed_query_process_is_replaced_and_no_question_fails_meanwhile(
     queries: QueryAnalyzer, lexicon: Lexicon
 ) -> None:
-    pid = queries.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
+    pid = signal_child(queries, signal.SIGKILL)
     # Asked while the child is dying or gone: answered here, same analysis.
     answers = [await queries.analyse(q) for q in QUESTIONS[:10]]
     assert answers == [analyse(q, lexicon) for q in QUESTIONS[:10]]
@@ -105,9 +110,7 @@ async def test_a_killed_query_process_is_replaced_and_no_question_fails_meanwhil
 async def test_a_stuck_query_process_is_killed_and_its_questions_answered_here(
     queries: QueryAnalyzer, lexicon: Lexicon
 ) -> None:
-    pid = queries.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
+    pid = signal_child(queries, signal.SIGSTOP)
     started = time.monotonic()
     try:
         answer = await queries.analyse(QUESTIONS[1])
@@ -120,12 +123,28 @@ async def test_a_stuck_query_process_is_killed_and_its_questions_answered_here(
     await eventually(lambda: queries.ready and queries.starts == 2)
 
 
+async def test_a_slow_query_process_that_still_answers_is_not_replaced(
+    lexicon: Lexicon,
+) -> None:
+    # 60 long questions take the child ~1 s, far past the timeout, but it answers one
+    # every ~20 ms: it is busy, not stuck.
+    analyzer = QueryAnalyzer(lexicon, timeout_s=0.3)
+    await analyzer.start()
+    try:
+        long = [f"{n}번째 회의가 너무 길어서 팀원들이 지쳐요. " * 60 for n in range(60)]
+        started = time.monotonic()
+        answers = await asyncio.gather(*(analyzer.analyse(q) for q in long))
+        assert time.monotonic() - started > analyzer.timeout_s, "the queue outlasted it"
+        assert answers == [analyse(q, lexicon) for q in long]
+        assert analyzer.starts == 1 and analyzer.remote == len(long) and analyzer.inline == 0
+    finally:
+        await analyzer.close()
+
+
 async def test_ctrl_c_in_a_terminal_does_not_end_the_query_process(
     queries: QueryAnalyzer, lexicon: Lexicon
 ) -> None:
-    pid = queries.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGINT)
+    pid = signal_child(queries, signal.SIGINT)
     await asyncio.sleep(0.2)
     assert await queries.analyse(QUESTIONS[3]) == analyse(QUESTIONS[3], lexicon)
     assert queries.pid == pid and queries.remote == 1 and queries.inline == 0
