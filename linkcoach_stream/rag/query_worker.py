@@ -17,9 +17,10 @@ Decisions worth keeping:
 - The child computes exactly what `Retriever.rank` would compute in process (the same
   `analyzer.tokens` and `Lexicon.expansion_tokens`, over the server's own lexicon, sent
   as the first line), so a ranking never depends on where its question was analysed.
-- It never fails a search. While the child is down, starting, stuck (no answer within
-  `timeout_s`: it is killed) or gives `null` for one text, that question is analysed in
-  the server process, as before; the child is started again after `restart_delay_s`.
+- It never fails a search. While the child is down, starting, stuck (no answer at all
+  for `timeout_s`: it is killed) or gives `null` for one text, that question is analysed
+  in the server process, as before; the child is started again after `restart_delay_s`.
+  A child that is slow but answering (a long queue) is left alone.
 - The child ends when its stdin closes, so it never outlives the server, even a killed
   one; it ignores SIGINT (a terminal's Ctrl-C reaches it too) and waits for that.
 """

@@ -100,6 +100,8 @@ class Prefetched:
         """Drop the analysis if nobody took it (a turn refused before its search)."""
         if not self.tokens.done():
             self.tokens.cancel()
+        elif not self.tokens.cancelled():
+            self.tokens.exception()  # retrieved, so a failure is not logged as lost
 
 
 def _clean(query: str) -> str:
