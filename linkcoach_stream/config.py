@@ -646,7 +646,7 @@ class Settings:
         "RAG_QUERY_PROCESS",
         True,
         "analyse questions (kiwi morphemes, lexicon) in a child process, so a search does not "
-        "hold the event loop; `false` analyses them in the server process (~320 MB less)",
+        "hold the event loop; `false` analyses them in the server process (~340 MB less)",
     )
     e5_threads: int = env("E5_THREADS", 1, "threads of the offline embedder")
     rag_embed_cpu_share: float = env(

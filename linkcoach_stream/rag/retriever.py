@@ -268,30 +268,10 @@ class Retriever:
         prefetched: Prefetched | None = None,
     ) -> list[Passage]:
         """The best chunk of each of the `k` best documents, best first. `prefetched`
-        (from `prefetch`) is used if it analysed the same text, else cancelled."""
-        try:
-            return await self._search(
-                _clean(query),
-                code=self._resolve_code(leadership_type),
-                followership_types=followership_types,
-                categories=categories,
-                k=k,
-                prefetched=prefetched,
-            )
-        finally:
-            if prefetched is not None:
-                prefetched.cancel()
-
-    async def _search(
-        self,
-        text: str,
-        *,
-        code: str | None,
-        followership_types: Sequence[str],
-        categories: Sequence[str] | None,
-        k: int,
-        prefetched: Prefetched | None,
-    ) -> list[Passage]:
+        (from `prefetch`) is used if it analysed the same text; whoever prefetched
+        cancels it."""
+        text = _clean(query)
+        code = self._resolve_code(leadership_type)
         followers = self._resolve_followers(followership_types)
         cats = self._resolve_categories(categories)
         if not text or k <= 0:
