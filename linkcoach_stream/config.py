@@ -645,8 +645,15 @@ class Settings:
     rag_query_process: bool = env(
         "RAG_QUERY_PROCESS",
         True,
-        "analyse questions (kiwi morphemes, lexicon) in a child process, so a search does not "
-        "hold the event loop; `false` analyses them in the server process (~340 MB less)",
+        "analyse the words of a question the knowledge base does not use (kiwi) in a child "
+        "process, so a search does not hold the event loop; `false` analyses them in the "
+        "server process (~340 MB less)",
+    )
+    rag_word_cache: int = env(
+        "RAG_WORD_CACHE",
+        50_000,
+        "unknown words whose morphemes are kept after kiwi analysed them (~0.2 kB each); "
+        "0 analyses every unknown word again",
     )
     e5_threads: int = env("E5_THREADS", 1, "threads of the offline embedder")
     rag_embed_cpu_share: float = env(
@@ -752,6 +759,8 @@ class Settings:
             raise ConfigError("LLM_PROVIDER must be 'gemini' or 'offline'")
         if not 0.0 <= self.rag_embed_cpu_share <= 1.0:
             raise ConfigError("RAG_EMBED_CPU_SHARE must be between 0 and 1")
+        if self.rag_word_cache < 0:
+            raise ConfigError("RAG_WORD_CACHE must be >= 0 (0 = no cache)")
         if self.stream_lease_ttl_s < 1.0:
             raise ConfigError("STREAM_LEASE_TTL must be at least 1 second")
         if self.stream_sweep_interval_s < 0:

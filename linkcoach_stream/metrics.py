@@ -106,9 +106,17 @@ class Metrics:
         )
         self.query_analyses = Gauge(
             "linkcoach_retrieval_query_analyses",
-            "Questions analysed since start: in the query process (`process`), or in the "
-            "server process while it was down, starting or stuck (`inline`)",
+            "Batches of unknown words analysed since start: in the query process "
+            "(`process`), or in the server process while it was down, starting or stuck "
+            "(`inline`)",
             ["where"],
+            registry=r,
+        )
+        self.query_words = Gauge(
+            "linkcoach_retrieval_query_words",
+            "Words of questions since start, by where their morphemes came from: the "
+            "knowledge base's word memo (`memo`), the word cache (`cache`), or kiwi (`kiwi`)",
+            ["source"],
             registry=r,
         )
         self.rate_limited = Counter(

@@ -152,6 +152,7 @@ async def open_retrieval(settings: Settings) -> AsyncIterator[Retriever | None]:
         embed_cpu_share=settings.rag_embed_cpu_share,
         embed_max_loop_lag_s=lag_ms / 1000 if lag_ms > 0 else None,
         query_process=settings.rag_query_process,
+        word_cache_size=settings.rag_word_cache,
     )
     try:
         yield retriever

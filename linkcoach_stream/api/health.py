@@ -85,6 +85,8 @@ async def metrics(request: Request) -> Response:
         searches.labels("hybrid").set(retriever.hybrid_searches)
         searches.labels("lexical_shed").set(retriever.shed_searches)
         searches.labels("lexical").set(retriever.lexical_searches)
+        for source, count in retriever.words_from.items():
+            state.metrics.query_words.labels(source).set(count)
         queries = retriever.query_analyzer
         if queries is not None:
             state.metrics.query_analyses.labels("process").set(queries.remote)

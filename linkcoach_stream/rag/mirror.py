@@ -9,6 +9,8 @@
 - Morphemes are analysed once, at ingest, and stored beside each chunk
   (`token_metadata`); building a mirror reads them back and re-analyses only what an
   older analyzer version wrote. Both sides of that contract live here.
+- So are each chunk's words with their in-context morphemes (`words`), from which the
+  mirror builds the word memo questions are analysed with (`analyzer.WordMemo`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import analyzer
-from .analyzer import ANALYZER_VERSION
+from .analyzer import ANALYZER_VERSION, WordMemo
 from .chroma import PAGE
 from .documents import Chunk
 from .documents import kb_version as compute_kb_version
@@ -48,6 +50,7 @@ class Mirror:
     doc_category: NDArray[Any]
     doc_flags: dict[str, NDArray[np.float32]]
     position: dict[str, int] = field(default_factory=dict)
+    words: WordMemo = field(default_factory=WordMemo)
 
     @classmethod
     def build(
@@ -98,6 +101,7 @@ class Mirror:
             doc_category=np.array([m.get("category", "") for m in doc_metas], dtype=object),
             doc_flags=flags,
             position={chunk_id: i for i, chunk_id in enumerate(ids)},
+            words=WordMemo.of([_stored_words(m, t) for m, t in zip(metas, texts, strict=True)]),
         )
 
     def lexical_scores(
@@ -144,6 +148,19 @@ def _stored_tokens(meta: dict[str, Any], key: str, text: str) -> list[str]:
     return analyzer.tokens(text)
 
 
+def _stored_words(meta: dict[str, Any], text: str) -> list[tuple[str, tuple[str, ...]]]:
+    """The chunk's words and their morphemes as ingest wrote them, else analysed now."""
+    stored = meta.get("words")
+    if meta.get("analyzer") == ANALYZER_VERSION and isinstance(stored, str):
+        return analyzer.decode_word_analyses(stored)
+    return sorted(_words_of(text, _field_text(meta)))
+
+
+def _words_of(text: str, field_text: str) -> set[tuple[str, tuple[str, ...]]]:
+    """The chunk's and its document's front matter's (title, tags, example questions)."""
+    return analyzer.word_analyses(text) | analyzer.word_analyses(field_text)
+
+
 def read_mirror(collection: Any) -> Mirror:
     """Every chunk of `collection`, page by page, built into a mirror."""
     ids: list[str] = []
@@ -176,4 +193,5 @@ def token_metadata(chunk: Chunk) -> dict[str, str]:
         "tokens": " ".join(analyzer.tokens(chunk.text)),
         "field_tokens": " ".join(analyzer.tokens(chunk.field_text())),
         "example_tokens": "\n".join(" ".join(analyzer.tokens(q)) for q in chunk.example_questions),
+        "words": analyzer.encode_word_analyses(_words_of(chunk.text, chunk.field_text())),
     }

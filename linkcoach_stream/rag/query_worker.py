@@ -1,26 +1,27 @@
-"""A question's morphemes and lexicon expansions, analysed in a child process.
+"""The words of a question that the knowledge base never uses, analysed in a child process.
 
-kiwi's analysis is ~0.8 ms of the ~1.3 ms CPU of a search and holds the GIL the whole
-time (two threads analysing at once take longer than one after the other), so on the
-server's one event loop every search queues every other request behind it. A burst of
-50 turns arriving within 50 ms made the last of them go upstream ~100 ms late
-(`benchmarks/streams.py --levels 50`: added TTFT p99 +72 to +111 ms against the relay;
-with retrieval off, +4 ms). Here the analysis runs in a child process on the other
-core and the loop only writes a line and reads one back.
+A question is analysed word by word (`analyzer.question_tokens`): a word the knowledge
+base uses has its morphemes in the mirror's word memo; a word it does not is analysed
+by kiwi alone (~0.04 ms each, ~9 words of a leader's question of ~30, GIL held the whole
+time), then cached (`WordCache`: the analysis depends on the word only). Analysing whole
+questions with kiwi on the server's one event loop made a burst of 50 turns arriving
+within 50 ms send the last of them upstream ~100 ms late (`benchmarks/streams.py
+--levels 50`: added TTFT p99 +72 to +111 ms against the relay); here the unknown words
+go to a child process on the other core and the loop only writes a line and reads one
+back.
 
 Decisions worth keeping:
 
-- One child per server process, a line protocol on its stdin/stdout (a JSON string in,
-  a JSON object out) read by the event loop itself: no executor, no feeder thread that
-  would take the GIL back from the loop. Answers come back in request order, so a deque
-  of futures matches them.
-- The child computes exactly what `Retriever.rank` would compute in process (the same
-  `analyzer.tokens` and `Lexicon.expansion_tokens`, over the server's own lexicon, sent
-  as the first line), so a ranking never depends on where its question was analysed.
+- One child per server process, a line protocol on its stdin/stdout (a JSON list of
+  words in, a JSON list of their morpheme lists out) read by the event loop itself: no
+  executor, no feeder thread that would take the GIL back from the loop. Answers come
+  back in request order, so a deque of futures matches them.
+- The child computes exactly what the server process would (`analyzer.word_tokens`), so
+  a ranking never depends on where its words were analysed, or whether they were cached.
 - It never fails a search. While the child is down, starting, stuck (no answer at all
-  for `timeout_s`: it is killed) or gives `null` for one text, that question is analysed
-  in the server process, as before; the child is started again after `restart_delay_s`.
-  A child that is slow but answering (a long queue) is left alone.
+  for `timeout_s`: it is killed) or gives `null` for one line, those words are analysed
+  in the server process; the child is started again after `restart_delay_s`. A child
+  that is slow but answering (a long queue) is left alone.
 - The child ends when its stdin closes, so it never outlives the server, even a killed
   one; it ignores SIGINT (a terminal's Ctrl-C reaches it too) and waits for that.
 """
@@ -34,12 +35,13 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
 
 from . import analyzer
-from .analyzer import Lexicon, LexiconGroup
+from .analyzer import Lexicon, WordMemo
 
 log = logging.getLogger(__name__)
 
@@ -55,41 +57,64 @@ class QueryTokens:
     expansion: list[str]
 
 
-def analyse(text: str, lexicon: Lexicon, *, use_lexicon: bool = True) -> QueryTokens:
-    """The in-process analysis, also the child's."""
+def analyse(
+    text: str, lexicon: Lexicon, memo: WordMemo, *, use_lexicon: bool = True
+) -> QueryTokens:
+    """The whole analysis in this process (offline tools, and what the server's equals)."""
     return QueryTokens(
-        analyzer.tokens(text), lexicon.expansion_tokens(text) if use_lexicon else []
+        analyzer.question_tokens(text, memo),
+        lexicon.expansion_tokens(text) if use_lexicon else [],
     )
 
 
+class WordCache:
+    """Unknown words' morphemes (`analyzer.word_tokens`), at most `size` of them; the
+    oldest go first. A function of the word alone, so a cached answer is the answer."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self.size = size
+        self._forms: dict[str, tuple[str, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._forms)
+
+    def get(self, word: str) -> tuple[str, ...] | None:
+        return self._forms.get(word)
+
+    def put(self, word: str, forms: Sequence[str]) -> None:
+        if self.size <= 0:
+            return
+        if len(self._forms) >= self.size:
+            del self._forms[next(iter(self._forms))]
+        self._forms[word] = tuple(forms)
+
+
 class QueryAnalyzer:
-    """Sends questions to the child; `analyse` falls back to the server process."""
+    """Sends unknown words to the child; `analyse_words` falls back to this process."""
 
     def __init__(
         self,
-        lexicon: Lexicon,
         *,
         timeout_s: float = 2.0,
         restart_delay_s: float = 1.0,
         start_timeout_s: float = 60.0,
         python: str = sys.executable,
     ) -> None:
-        self.lexicon = lexicon
         self.python = python
         self.timeout_s = timeout_s
         self.restart_delay_s = restart_delay_s
         self.start_timeout_s = start_timeout_s
         self._proc: asyncio.subprocess.Process | None = None
         self._ready = False
-        self._pending: collections.deque[tuple[asyncio.Future[QueryTokens | None], float]] = (
+        self._pending: collections.deque[tuple[asyncio.Future[list[list[str]] | None], float]] = (
             collections.deque()
         )
         self._supervisor: asyncio.Task[None] | None = None
         self._first_ready: asyncio.Event = asyncio.Event()
         self._closing = False
         self._answered_at = 0.0
-        self.remote = 0  # questions analysed by the child
-        self.inline = 0  # questions analysed here while the child was not available
+        self.remote = 0  # lines of words analysed by the child
+        self.inline = 0  # lines analysed here while the child was not available
         self.starts = 0
 
     @property
@@ -102,7 +127,7 @@ class QueryAnalyzer:
 
     async def start(self) -> None:
         """Start the child and wait (at most `start_timeout_s`) until it has loaded kiwi;
-        if it cannot start, questions are analysed here until it can."""
+        if it cannot start, words are analysed here until it can."""
         if self._supervisor is None:
             self._supervisor = asyncio.create_task(self._supervise(), name="query-analyzer")
         with contextlib.suppress(TimeoutError):
@@ -110,25 +135,26 @@ class QueryAnalyzer:
         if not self._ready:
             log.warning("query analyzer process not ready; analysing in the server process")
 
-    async def analyse(self, text: str, *, use_lexicon: bool = True) -> QueryTokens:
+    async def analyse_words(self, words: Sequence[str]) -> list[list[str]]:
+        """`analyzer.word_tokens` of each word, in the child if it is up, else here."""
         proc = self._proc
-        if self._ready and proc is not None and proc.stdin is not None and use_lexicon:
-            future: asyncio.Future[QueryTokens | None] = (
+        if self._ready and proc is not None and proc.stdin is not None:
+            future: asyncio.Future[list[list[str]] | None] = (
                 asyncio.get_running_loop().create_future()
             )
             self._pending.append((future, time.monotonic()))
             try:
-                proc.stdin.write(orjson.dumps(text) + b"\n")
+                proc.stdin.write(orjson.dumps(list(words)) + b"\n")
             except (ConnectionError, RuntimeError):
                 self._pending.pop()
             else:
                 with contextlib.suppress(ConnectionError):
-                    tokens = await future
-                    if tokens is not None:
+                    forms = await future
+                    if forms is not None and len(forms) == len(words):
                         self.remote += 1
-                        return tokens
+                        return forms
         self.inline += 1
-        return analyse(text, self.lexicon, use_lexicon=use_lexicon)
+        return [analyzer.word_tokens(w) for w in words]
 
     async def close(self) -> None:
         """End the child (its stdin closed, killed after 5 s) and stop restarting it."""
@@ -171,9 +197,6 @@ class QueryAnalyzer:
         self.starts += 1
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            # The first line is the lexicon itself, so the child expands exactly as the
-            # server does, whatever file (or none) the server's lexicon came from.
-            proc.stdin.write(_encode_lexicon(self.lexicon) + b"\n")
             line = await asyncio.wait_for(proc.stdout.readline(), self.start_timeout_s)
             if line != _READY:
                 raise RuntimeError(f"query analyzer process said {line[:80]!r} at start")
@@ -188,9 +211,7 @@ class QueryAnalyzer:
             self._ready = False
             await _end(proc)
             if not self._closing:
-                log.warning(
-                    "query analyzer process ended", extra={"returncode": proc.returncode}
-                )
+                log.warning("query analyzer process ended", extra={"returncode": proc.returncode})
 
     async def _read(self, stdout: asyncio.StreamReader) -> None:
         while True:
@@ -243,38 +264,31 @@ async def _end(proc: asyncio.subprocess.Process, grace_s: float = 5.0) -> None:
         await proc.wait()
 
 
-def _decode(line: bytes) -> QueryTokens | None:
+def _decode(line: bytes) -> list[list[str]] | None:
     try:
         data = orjson.loads(line)
-        return QueryTokens(list(data["q"]), list(data["x"]))
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+    except orjson.JSONDecodeError:
         return None
-
-
-def _encode_lexicon(lexicon: Lexicon) -> bytes:
-    return orjson.dumps([[list(g.terms), list(g.expand)] for g in lexicon.groups])
-
-
-def _decode_lexicon(line: bytes) -> Lexicon:
-    return Lexicon(tuple(LexiconGroup(tuple(t), tuple(e)) for t, e in orjson.loads(line)))
+    if not isinstance(data, list) or not all(
+        isinstance(forms, list) and all(isinstance(f, str) for f in forms) for forms in data
+    ):
+        return None
+    return data
 
 
 def main() -> None:
-    """The child: the lexicon (first line) and kiwi loaded once, then one answer per
-    line until EOF."""
+    """The child: kiwi loaded once, then one answer per line until EOF."""
     # Ctrl-C in a terminal reaches the whole process group: the server shuts down and
     # closes our stdin, which is when we end, without a traceback of our own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    lexicon = _decode_lexicon(sys.stdin.buffer.readline())
     analyzer.warm_up()
     out = sys.stdout.buffer
     out.write(_READY)
     out.flush()
     for line in sys.stdin.buffer:
         try:
-            tokens = analyse(orjson.loads(line), lexicon)
-            answer = orjson.dumps({"q": tokens.query, "x": tokens.expansion})
-        except Exception:  # noqa: BLE001 - the parent analyses this one itself
+            answer = orjson.dumps([analyzer.word_tokens(str(w)) for w in orjson.loads(line)])
+        except Exception:  # noqa: BLE001 - the parent analyses these itself
             answer = b"null"
         out.write(answer + b"\n")
         out.flush()

@@ -20,13 +20,14 @@ are in `ranking`; the ones below belong to this module.
   the embedder runs on its own thread, so the event loop never blocks on either.
   Ranking stays on the loop up to `_INLINE_LEXICAL_MAX` chunks (cheaper than a hop to a
   thread at the shipped size). Queries longer than 2000 characters are cut.
-- A question's analysis (kiwi morphemes and lexicon expansions: ~0.8 ms of the ~1.3 ms
-  CPU of a search, GIL held) runs in a child process when the server asks for one
-  (`query_worker`, `RAG_QUERY_PROCESS`), and a turn starts it (`prefetch`) before it
-  reads its conversation and budget, so the analysis overlaps those round trips. The
-  rest of the ranking (~0.15 ms: one pass over the four stacked BM25 indexes, fusion)
-  stays on the loop. A search with a prefetched analysis of other text (the
-  conversation's type differs from the token's) analyses its question again.
+- A question is analysed word by word (`analyzer.question_tokens`): the mirror's word
+  memo knows most words; the rest go to kiwi one word at a time, in a child process when
+  the server asks for one (`query_worker`, `RAG_QUERY_PROCESS`), and are cached
+  (`RAG_WORD_CACHE` words). A turn starts the analysis (`prefetch`) before it reads its
+  conversation and budget, so the child's work overlaps those round trips. The rest of
+  the ranking (~0.15 ms: one pass over the four stacked BM25 indexes, fusion) stays on
+  the loop. A search with a prefetched analysis of other text (the conversation's type
+  differs from the token's) or over another mirror analyses its question again.
 - With the dense signal on, a query whose embedding would wait on a saturated
   embedder is ranked on the lexical signals alone (`shedding`).
 - Another instance's ingest changes `kb_version` in the collection metadata; this one
@@ -55,14 +56,14 @@ from numpy.typing import NDArray
 from ..config import Settings
 from ..domain.taxonomy import FOLLOWERSHIP_TYPES, leadership_code
 from . import analyzer
-from .analyzer import Lexicon, without_type_names
+from .analyzer import Lexicon, WordMemo, split_question, without_type_names
 from .chroma import collection_name, make_chroma_client, open_collection, stored_kb_version
 from .documents import CATEGORIES
 from .embedders import Embedder, make_embedder
 from .ingest import IngestReport, ingest_corpus
 from .mirror import Mirror, read_mirror
 from .protocol import source_of
-from .query_worker import QueryAnalyzer, QueryTokens, analyse
+from .query_worker import QueryAnalyzer, QueryTokens, WordCache, analyse
 from .ranking import RankConfig, Ranking, best_of_groups, fuse
 from .shedding import CpuBudget, LoopLag, should_shed
 from .vector_cache import VectorCache, vector_cache_path
@@ -94,6 +95,7 @@ class Prefetched:
     """A question's analysis under way (`Retriever.prefetch`)."""
 
     text: str
+    memo: WordMemo
     tokens: asyncio.Future[QueryTokens]
 
     def cancel(self) -> None:
@@ -137,6 +139,7 @@ class Retriever:
         max_embed_queue: int = 8,
         embed_cpu_share: float = 1.0,
         embed_max_loop_lag_s: float | None = None,
+        word_cache_size: int = 50_000,
     ) -> None:
         self._client = client
         self._collection = collection
@@ -159,8 +162,11 @@ class Retriever:
         self._budget = CpuBudget(embed_cpu_share)
         self._lag = LoopLag() if embed_max_loop_lag_s is not None else None
         self.embed_max_loop_lag_s = embed_max_loop_lag_s or 0.0
-        # Questions analysed in a child process (`query_worker`); None: in this one.
+        # Unknown words analysed in a child process (`query_worker`); None: in this one.
         self.query_analyzer: QueryAnalyzer | None = None
+        self.word_cache = WordCache(word_cache_size)
+        # The words of questions, by where their morphemes came from.
+        self.words_from = {"memo": 0, "cache": 0, "kiwi": 0}
 
     @property
     def collection_name(self) -> str:
@@ -255,7 +261,8 @@ class Retriever:
         if not text:
             return None
         ranked = self._ranked_text(text, code)
-        return Prefetched(ranked, asyncio.ensure_future(self.analyse(ranked)))
+        memo = self._mirror.words
+        return Prefetched(ranked, memo, asyncio.ensure_future(self.analyse(ranked, memo)))
 
     async def search(
         self,
@@ -281,10 +288,10 @@ class Retriever:
         if not len(mirror):
             return []
         ranked = self._ranked_text(text, code)
-        if prefetched is not None and prefetched.text == ranked:
+        if prefetched is not None and prefetched.text == ranked and prefetched.memo is mirror.words:
             tokens = await prefetched.tokens
         else:
-            tokens = await self.analyse(ranked)
+            tokens = await self.analyse(ranked, mirror.words)
         qvec = None
         if self.config.dense_weight:
             qvec = await self._embed_query_or_shed(text)
@@ -311,12 +318,49 @@ class Retriever:
             return without_type_names(text)
         return text
 
-    async def analyse(self, text: str) -> QueryTokens:
-        """`text`'s morphemes and lexicon expansions, in the child process if there is one."""
-        use_lexicon = self.config.use_lexicon
-        if self.query_analyzer is not None:
-            return await self.query_analyzer.analyse(text, use_lexicon=use_lexicon)
-        return analyse(text, self.lexicon, use_lexicon=use_lexicon)
+    async def analyse(self, text: str, memo: WordMemo) -> QueryTokens:
+        """`text`'s morphemes (word by word: `memo`, the word cache, then kiwi in the
+        query process if there is one) and its lexicon expansions."""
+        specials, words = split_question(text)
+        forms = self._known_forms(words, memo)
+        unknown = list(dict.fromkeys(w for w in words if w not in forms))
+        if unknown:
+            if self.query_analyzer is not None:
+                found = await self.query_analyzer.analyse_words(unknown)
+            else:
+                found = [analyzer.word_tokens(w) for w in unknown]
+            for word, got in zip(unknown, found, strict=True):
+                forms[word] = tuple(got)
+                self.word_cache.put(word, got)
+        return self._query_tokens(text, specials, words, forms)
+
+    def _known_forms(self, words: Sequence[str], memo: WordMemo) -> dict[str, tuple[str, ...]]:
+        forms: dict[str, tuple[str, ...]] = {}
+        counts = self.words_from
+        for word in words:
+            known = memo.get(word)
+            if known is not None:
+                counts["memo"] += 1
+            elif (known := self.word_cache.get(word)) is not None:
+                counts["cache"] += 1
+            else:
+                counts["kiwi"] += 1
+                continue
+            forms[word] = known
+        return forms
+
+    def _query_tokens(
+        self,
+        text: str,
+        specials: list[str],
+        words: Sequence[str],
+        forms: dict[str, tuple[str, ...]],
+    ) -> QueryTokens:
+        query = specials
+        for word in words:
+            query.extend(forms[word])
+        expansion = self.lexicon.expansion_tokens(text) if self.config.use_lexicon else []
+        return QueryTokens(query, expansion)
 
     def rank(
         self,
@@ -335,7 +379,10 @@ class Retriever:
         cfg = self.config
         if tokens is None:
             tokens = analyse(
-                self._ranked_text(text, code), self.lexicon, use_lexicon=cfg.use_lexicon
+                self._ranked_text(text, code),
+                self.lexicon,
+                mirror.words,
+                use_lexicon=cfg.use_lexicon,
             )
         w = cfg.expansion_weight
         chunk_bm25, whole_bm25, field_bm25, example_bm25 = mirror.lexical_scores(
@@ -498,7 +545,7 @@ async def open_retriever(
     retriever: Retriever | None = None
     options.setdefault("lexicon", Lexicon.load(Path(settings.knowledge_base_dir) / "lexicon.yaml"))
     config = options.get("config") or RankConfig()
-    queries = QueryAnalyzer(options["lexicon"]) if query_process else None
+    queries = QueryAnalyzer() if query_process else None
     # e5 (~100 MB) is loaded only when queries use it; ingest loads it on demand. kiwi is
     # loaded here too with a query process: ingestion and the fallback use it.
     warm = asyncio.gather(
@@ -522,6 +569,7 @@ async def open_retriever(
             else:
                 await retriever.ingest(settings.knowledge_base_dir)
         await warm
+        await asyncio.to_thread(retriever.lexicon.warm)
         if retriever.size:
             # The first search pays for lazy set-up (kiwi's first analysis, numpy paths).
             await retriever.search("리더십 코칭 워밍업", k=1)

@@ -40,7 +40,14 @@ async def test_streamed_answer_lists_and_cites_retrieved_sources(rag_server: Run
         for line in metrics.splitlines()
         if line.startswith("linkcoach_retrieval_query_analyses{")
     }
-    assert analyses["process"] >= 1, "the question was analysed in the query process"
+    words = {
+        line.split('source="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("linkcoach_retrieval_query_words{")
+    }
+    assert words["memo"] >= 1, "words the knowledge base uses come from its word memo"
+    assert words["kiwi"] >= 1, "the question has words the knowledge base never uses"
+    assert analyses["process"] >= 1, "those were analysed in the query process"
     assert analyses["inline"] == 0
     meta = events[0].data
     assert meta["sources"], "meta lists the retrieved sources"

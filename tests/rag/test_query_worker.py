@@ -1,4 +1,4 @@
-"""The query process: questions analysed in a child process exactly as in the server
+"""The query process: unknown words analysed in a child process exactly as in the server
 process, answered in order under a burst, and never a failed search when the child is
 killed, stuck or gone."""
 
@@ -15,13 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from linkcoach_stream.rag.analyzer import Lexicon, LexiconGroup
-from linkcoach_stream.rag.query_worker import QueryAnalyzer, analyse
+from linkcoach_stream.rag.analyzer import split_question, word_tokens
+from linkcoach_stream.rag.query_worker import QueryAnalyzer, QueryTokens, WordCache, analyse
 from linkcoach_stream.rag.retriever import Retriever
 
-from .conftest import KB_DIR
-
-LEXICON = KB_DIR / "lexicon.yaml"
 BLIND = Path(__file__).resolve().parents[1] / "data" / "retrieval_eval_blind.jsonl"
 QUESTIONS = [
     json.loads(line)["question"] for line in BLIND.read_text(encoding="utf-8").splitlines()[:40]
@@ -32,16 +29,17 @@ QUESTIONS = [
     "   ",
     "회의 " * 400,
 ]
+# What a search sends: the words of each question (the memo's words too, here).
+WORDS = [split_question(q)[1] for q in QUESTIONS]
 
 
-@pytest.fixture(scope="module")
-def lexicon() -> Lexicon:
-    return Lexicon.load(LEXICON)
+def here(words: list[str]) -> list[list[str]]:
+    return [word_tokens(w) for w in words]
 
 
 @pytest.fixture
-async def queries(lexicon: Lexicon) -> AsyncIterator[QueryAnalyzer]:
-    analyzer = QueryAnalyzer(lexicon, timeout_s=1.0, restart_delay_s=0.2)
+async def queries() -> AsyncIterator[QueryAnalyzer]:
+    analyzer = QueryAnalyzer(timeout_s=1.0, restart_delay_s=0.2)
     await analyzer.start()
     assert analyzer.ready, "the query process started"
     try:
@@ -57,33 +55,33 @@ async def eventually(check, timeout_s: float = 30.0) -> None:  # type: ignore[no
         await asyncio.sleep(0.05)
 
 
-async def test_the_query_process_analyses_every_question_as_the_server_process_would(
-    queries: QueryAnalyzer, lexicon: Lexicon
+async def test_the_query_process_analyses_every_word_as_the_server_process_would(
+    queries: QueryAnalyzer,
 ) -> None:
-    for question in QUESTIONS:
-        assert await queries.analyse(question) == analyse(question, lexicon), question
-    assert queries.remote == len(QUESTIONS)
+    for words in WORDS:
+        assert await queries.analyse_words(words) == here(words), words
+    assert queries.remote == len(WORDS)
     assert queries.inline == 0
-    assert any(analyse(q, lexicon).expansion for q in QUESTIONS), "the lexicon was applied"
+    assert any(here(w) for w in WORDS), "kiwi found morphemes"
 
 
 async def test_a_burst_of_questions_is_answered_each_with_its_own_analysis(
-    queries: QueryAnalyzer, lexicon: Lexicon
+    queries: QueryAnalyzer,
 ) -> None:
-    burst = QUESTIONS * 3
-    answers = await asyncio.gather(*(queries.analyse(q) for q in burst))
-    assert answers == [analyse(q, lexicon) for q in burst]
+    burst = WORDS * 3
+    answers = await asyncio.gather(*(queries.analyse_words(w) for w in burst))
+    assert answers == [here(w) for w in burst]
     assert queries.remote == len(burst)
 
 
 async def test_a_cancelled_question_does_not_shift_the_answers_of_the_others(
-    queries: QueryAnalyzer, lexicon: Lexicon
+    queries: QueryAnalyzer,
 ) -> None:
-    first = asyncio.ensure_future(queries.analyse(QUESTIONS[0]))
-    rest = [asyncio.ensure_future(queries.analyse(q)) for q in QUESTIONS[1:6]]
+    first = asyncio.ensure_future(queries.analyse_words(WORDS[0]))
+    rest = [asyncio.ensure_future(queries.analyse_words(w)) for w in WORDS[1:6]]
     await asyncio.sleep(0)
     first.cancel()
-    assert await asyncio.gather(*rest) == [analyse(q, lexicon) for q in QUESTIONS[1:6]]
+    assert await asyncio.gather(*rest) == [here(w) for w in WORDS[1:6]]
 
 
 def signal_child(queries: QueryAnalyzer, signum: int) -> int:
@@ -94,102 +92,99 @@ def signal_child(queries: QueryAnalyzer, signum: int) -> int:
 
 
 async def test_a_killed_query_process_is_replaced_and_no_question_fails_meanwhile(
-    queries: QueryAnalyzer, lexicon: Lexicon
+    queries: QueryAnalyzer,
 ) -> None:
     pid = signal_child(queries, signal.SIGKILL)
     # Asked while the child is dying or gone: answered here, same analysis.
-    answers = [await queries.analyse(q) for q in QUESTIONS[:10]]
-    assert answers == [analyse(q, lexicon) for q in QUESTIONS[:10]]
+    answers = [await queries.analyse_words(w) for w in WORDS[:10]]
+    assert answers == [here(w) for w in WORDS[:10]]
     await eventually(lambda: queries.ready and queries.starts == 2)
     assert queries.pid != pid
     before = queries.remote
-    assert await queries.analyse(QUESTIONS[0]) == analyse(QUESTIONS[0], lexicon)
+    assert await queries.analyse_words(WORDS[0]) == here(WORDS[0])
     assert queries.remote == before + 1, "the new child answers again"
 
 
 async def test_a_stuck_query_process_is_killed_and_its_questions_answered_here(
-    queries: QueryAnalyzer, lexicon: Lexicon
+    queries: QueryAnalyzer,
 ) -> None:
     pid = signal_child(queries, signal.SIGSTOP)
     started = time.monotonic()
     try:
-        answer = await queries.analyse(QUESTIONS[1])
+        answer = await queries.analyse_words(WORDS[1])
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
-    assert answer == analyse(QUESTIONS[1], lexicon)
+    assert answer == here(WORDS[1])
     assert time.monotonic() - started < 5 * queries.timeout_s
     assert queries.inline == 1
     await eventually(lambda: queries.ready and queries.starts == 2)
 
 
-async def test_a_slow_query_process_that_still_answers_is_not_replaced(
-    lexicon: Lexicon,
-) -> None:
-    # 60 long questions take the child ~1 s, far past the timeout, but it answers one
-    # every ~20 ms: it is busy, not stuck.
-    analyzer = QueryAnalyzer(lexicon, timeout_s=0.3)
+async def test_a_slow_query_process_that_still_answers_is_not_replaced() -> None:
+    # 60 lines of 300 words take the child well past the timeout, but it answers one
+    # every few tens of ms: it is busy, not stuck.
+    analyzer = QueryAnalyzer(timeout_s=0.3)
     await analyzer.start()
     try:
-        long = [f"{n}번째 회의가 너무 길어서 팀원들이 지쳐요. " * 60 for n in range(60)]
+        long = [[f"{n}번째회의가", "너무", "길어서", "지쳐요"] * 75 for n in range(60)]
         started = time.monotonic()
-        answers = await asyncio.gather(*(analyzer.analyse(q) for q in long))
+        answers = await asyncio.gather(*(analyzer.analyse_words(w) for w in long))
         assert time.monotonic() - started > analyzer.timeout_s, "the queue outlasted it"
-        assert answers == [analyse(q, lexicon) for q in long]
+        assert answers == [here(w) for w in long]
         assert analyzer.starts == 1 and analyzer.remote == len(long) and analyzer.inline == 0
     finally:
         await analyzer.close()
 
 
 async def test_ctrl_c_in_a_terminal_does_not_end_the_query_process(
-    queries: QueryAnalyzer, lexicon: Lexicon
+    queries: QueryAnalyzer,
 ) -> None:
     pid = signal_child(queries, signal.SIGINT)
     await asyncio.sleep(0.2)
-    assert await queries.analyse(QUESTIONS[3]) == analyse(QUESTIONS[3], lexicon)
+    assert await queries.analyse_words(WORDS[3]) == here(WORDS[3])
     assert queries.pid == pid and queries.remote == 1 and queries.inline == 0
 
 
-async def test_closing_ends_the_query_process(lexicon: Lexicon) -> None:
-    analyzer = QueryAnalyzer(lexicon)
+async def test_closing_ends_the_query_process() -> None:
+    analyzer = QueryAnalyzer()
     await analyzer.start()
     proc = analyzer._proc
     assert proc is not None and proc.returncode is None
     await analyzer.close()
     assert proc.returncode == 0, "the child ended on its closed stdin"
     # Closed: questions are still answered, here.
-    assert await analyzer.analyse(QUESTIONS[0]) == analyse(QUESTIONS[0], lexicon)
+    assert await analyzer.analyse_words(WORDS[0]) == here(WORDS[0])
     assert analyzer.inline == 1
 
 
 async def test_a_child_that_cannot_start_leaves_questions_to_the_server_process(
-    lexicon: Lexicon, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     broken = tmp_path / "python"
     broken.write_text("#!/bin/sh\necho 'no interpreter here' >&2\nexit 3\n", encoding="utf-8")
     broken.chmod(0o755)
-    analyzer = QueryAnalyzer(lexicon, restart_delay_s=60, start_timeout_s=30, python=str(broken))
+    analyzer = QueryAnalyzer(restart_delay_s=60, start_timeout_s=30, python=str(broken))
     try:
         await analyzer.start()
         assert not analyzer.ready and analyzer.starts == 1
-        assert await analyzer.analyse(QUESTIONS[2]) == analyse(QUESTIONS[2], lexicon)
+        assert await analyzer.analyse_words(WORDS[2]) == here(WORDS[2])
         assert analyzer.inline == 1 and analyzer.remote == 0
     finally:
         await analyzer.close()
 
 
-async def test_the_child_expands_with_the_servers_own_lexicon_not_a_file() -> None:
-    own = Lexicon((LexiconGroup(("퇴사각",), ("이직", "퇴사")),))
-    analyzer = QueryAnalyzer(own)
-    await analyzer.start()
-    try:
-        question = "요즘 완전 퇴사각이에요"
-        got = await analyzer.analyse(question)
-        assert got == analyse(question, own) and got.expansion, "expanded by the given groups"
-        assert got != analyse(question, Lexicon.load(LEXICON))
-        assert analyzer.remote == 1
-    finally:
-        await analyzer.close()
+def test_the_word_cache_keeps_at_most_its_size_dropping_the_oldest() -> None:
+    cache = WordCache(2)
+    cache.put("방전됐어요", ["방전"])
+    cache.put("윗분", ["윗분"])
+    cache.put("술자리", ["술자리"])
+    assert len(cache) == 2
+    assert cache.get("방전됐어요") is None
+    assert cache.get("윗분") == ("윗분",) and cache.get("술자리") == ("술자리",)
+    off = WordCache(0)
+    off.put("윗분", ["윗분"])
+    assert len(off) == 0 and off.get("윗분") is None
 
 
 async def test_a_prefetched_search_ranks_exactly_like_a_plain_one(
@@ -222,3 +217,38 @@ async def test_a_prefetched_search_ranks_exactly_like_a_plain_one(
         assert retriever.prefetch(question, leadership_type="NOPE") is None
     finally:
         retriever.query_analyzer = None
+
+
+async def test_a_question_ranks_the_same_analysed_here_in_the_child_or_from_the_cache(
+    retriever: Retriever, queries: QueryAnalyzer
+) -> None:
+    questions = QUESTIONS[:25]
+    memo = retriever._mirror.words
+    assert len(memo) > 5000, "the mirror carries the knowledge base's words"
+
+    async def ranked() -> list[list[str]]:
+        return [[p.id for p in await retriever.search(q, k=5)] for q in questions]
+
+    retriever.word_cache = WordCache(0)
+    here_ranks = await ranked()
+    whole = [analyse_here(retriever, q) for q in questions]
+    retriever.query_analyzer = queries
+    try:
+        child_ranks = await ranked()
+        assert queries.remote > 0, "unknown words went to the child"
+        retriever.word_cache = WordCache(10_000)
+        before = dict(retriever.words_from)
+        first = await ranked()
+        sent = queries.remote
+        again = await ranked()
+        assert queries.remote == sent, "every unknown word came from the cache the second time"
+    finally:
+        retriever.query_analyzer = None
+    assert child_ranks == here_ranks == first == again
+    assert [await retriever.analyse(q, memo) for q in questions] == whole
+    counts = {k: v - before[k] for k, v in retriever.words_from.items()}
+    assert counts["memo"] > counts["kiwi"] > 0 and counts["cache"] >= counts["kiwi"]
+
+
+def analyse_here(retriever: Retriever, question: str) -> QueryTokens:
+    return analyse(question, retriever.lexicon, retriever._mirror.words)

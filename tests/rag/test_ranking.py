@@ -8,7 +8,18 @@ import numpy as np
 import pytest
 
 from linkcoach_stream.rag import analyzer
-from linkcoach_stream.rag.analyzer import Lexicon, LexiconError, without_type_names
+from linkcoach_stream.rag.analyzer import (
+    Lexicon,
+    LexiconError,
+    WordMemo,
+    decode_word_analyses,
+    encode_word_analyses,
+    question_tokens,
+    split_question,
+    without_type_names,
+)
+from linkcoach_stream.rag.documents import Chunk
+from linkcoach_stream.rag.mirror import Mirror, token_metadata
 from linkcoach_stream.rag.ranking import BM25Index, ChunkGroups, best_of_groups, fuse, zscore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,6 +35,69 @@ def test_morphemes_drop_particles_and_keep_stems_and_product_terms() -> None:
 
 def test_empty_text_has_no_tokens() -> None:
     assert analyzer.tokens("   ") == []
+
+
+def test_a_question_splits_into_special_forms_and_words_without_edge_punctuation() -> None:
+    specials, words = split_question("(팀원) 1 : 1 면담이... 70%나 \"지쳐요\"?! ~~ ㅠㅠ")
+    assert specials == ["1:1", "70%"]
+    assert words == ["팀원", "면담이", "나", "지쳐요", "ㅠㅠ"]
+    assert split_question("  ?! ") == ([], [])
+
+
+def test_words_are_stored_with_their_morphemes_in_context_and_read_back() -> None:
+    pairs = analyzer.word_analyses("팀원들이 지쳐서 면담을 피해요. 팀원들이 웃어요")
+    assert ("팀원들이", ("팀원",)) in pairs
+    assert any(word == "지쳐서" and forms[0].startswith("지치") for word, forms in pairs)
+    assert sorted(decode_word_analyses(encode_word_analyses(pairs))) == sorted(pairs)
+    assert analyzer.word_analyses("   ") == set()
+
+
+def test_the_word_memo_takes_the_analysis_most_chunks_gave_a_word() -> None:
+    memo = WordMemo.of(
+        [
+            [("보고", ("보고",)), ("팀원", ("팀원",))],
+            [("보고", ("보",))],
+            [("보고", ("보고",))],
+            [("하나", ("하",))],
+            [("하나", ("하나",))],
+        ]
+    )
+    assert memo.get("보고") == ("보고",)
+    assert memo.get("하나") == ("하",), "a tie goes to the smallest, in any chunk order"
+    assert WordMemo.of([[("하나", ("하나",))], [("하나", ("하",))]]).get("하나") == ("하",)
+    assert memo.get("없는말") is None and len(memo) == 3
+
+
+def test_a_question_takes_the_memos_morphemes_and_kiwis_for_other_words() -> None:
+    memo = WordMemo.of([[("면담을", ("면담",)), ("지쳐요", ("기운",))]])
+    got = question_tokens("1:1 면담을 피해요 지쳐요", memo)
+    assert got[:2] == ["1:1", "면담"]
+    assert "기운" in got, "a known word takes the memo's morphemes"
+    assert any(t.startswith("피하") for t in got), "an unknown word goes to kiwi"
+    assert got == ["1:1", "면담", *analyzer.word_tokens("피해요"), "기운"]
+
+
+def test_a_mirror_builds_its_word_memo_from_stored_words_or_from_the_text() -> None:
+    chunk = Chunk(
+        id="a.md#1",
+        path="a.md",
+        title="회의 가이드",
+        category="coaching_guides",
+        section="회의",
+        text="주간회의가 길어지면 팀원들이 지쳐요.",
+        leadership_types=(),
+        followership_types=(),
+        tags=("회의",),
+        ordinal=0,
+        example_questions=("회의가 너무 길어요",),
+    )
+    meta = {**chunk.metadata(), **token_metadata(chunk)}
+    stored = Mirror.build([chunk.id], [chunk.text], [meta], np.zeros((1, 2), dtype=np.float32))
+    assert stored.words.get("주간회의가") is not None
+    assert stored.words.get("가이드") == ("가이드",), "the front matter's words too"
+    older = {k: v for k, v in meta.items() if k != "words"}
+    rebuilt = Mirror.build([chunk.id], [chunk.text], [older], np.zeros((1, 2), dtype=np.float32))
+    assert rebuilt.words.forms == stored.words.forms, "analysed now when ingest wrote none"
 
 
 def test_lexicon_matches_colloquial_words_regardless_of_spacing() -> None:
