@@ -32,6 +32,7 @@ Decisions worth keeping (figures: `python benchmarks/relevance.py`, both eval se
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -144,12 +145,19 @@ class BM25Index:
 
 
 def zscore(values: NDArray[np.floating]) -> Scores:
-    if not len(values):
+    """(values - mean) / std, in float32; zeros for a flat signal. One sum and one dot
+    product: numpy's `std` and `mean` cost ~20 us of Python set-up per call, four calls
+    a search, more than the arithmetic."""
+    n = len(values)
+    if not n:
         return np.zeros(0, dtype=np.float32)
-    std = float(values.std())
+    v = np.asarray(values, dtype=np.float32)
+    centred = v - np.float32(np.add.reduce(v, dtype=np.float64) / n)
+    std = math.sqrt(float(np.dot(centred, centred)) / n)
     if std < 1e-9:
-        return np.zeros(len(values), dtype=np.float32)
-    return np.asarray((values - values.mean()) / std, dtype=np.float32)
+        return np.zeros(n, dtype=np.float32)
+    centred /= np.float32(std)
+    return centred
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,5 +248,5 @@ def fuse(
     for i, doc in enumerate(top):
         g = groups.group_of[doc]
         rows = groups.order[groups.starts[g] : groups.ends[g]]
-        best[i] = rows[int(np.argmax(fused[rows]))]
+        best[i] = rows[int(fused[rows].argmax())]
     return Ranking(top, best, doc_scores[top])

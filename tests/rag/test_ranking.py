@@ -176,6 +176,11 @@ def test_zscore_of_a_flat_signal_is_zero() -> None:
     assert not zscore(np.ones(5)).any()
     z = zscore(np.array([1.0, 2.0, 3.0]))
     assert abs(float(z.mean())) < 1e-6 and z[2] > z[0]
+    values = np.random.default_rng(3).gamma(0.5, 2.0, size=820).astype(np.float32)
+    textbook = (values.astype(np.float64) - values.mean()) / values.std()
+    assert zscore(values).dtype == np.float32
+    assert np.allclose(zscore(values), textbook, atol=1e-5)
+    assert len(zscore(np.zeros(0))) == 0
 
 
 def _groups() -> ChunkGroups:
