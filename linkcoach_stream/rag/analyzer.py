@@ -25,12 +25,12 @@ Decisions worth keeping (figures from `python benchmarks/relevance.py`):
 - A question is analysed word by word (`question_tokens`), not as one text: each
   whitespace word's morphemes come from the word memo (`WordMemo`: how that word was
   analysed in the knowledge base itself, in context, by majority over the chunks it
-  occurs in), else from kiwi on the word alone. Most of a leader's words occur in the
-  documents (73 % of the eval questions' words), so a question costs ~0.02 ms of lookups
-  plus ~0.04 ms of kiwi per unknown word, against ~0.8 ms of kiwi for the whole
-  question, and an unknown word's analysis can be cached (it depends on the word
-  alone). Relevance moved within a question or two on every set (blind hit@1/3 equal,
-  development -2 of 130, regression +1 of 100; `benchmarks/relevance.py`).
+  occurs in), else from kiwi on the word alone. 79 % of the eval questions' words are
+  in the memo (~3 of a question's ~16 words are not), so a question costs ~0.25 ms
+  against ~0.75 ms for kiwi on the whole question, ~0.07 ms per unknown word, and an
+  unknown word's analysis can be cached (it depends on the word alone). Relevance
+  moved by a question or two on every set (blind +2 hit@1 of 125, development -3 of
+  130, regression +1 of 100; `benchmarks/relevance.py`, row "question analysed whole").
 """
 
 from __future__ import annotations

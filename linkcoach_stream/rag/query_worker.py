@@ -2,7 +2,7 @@
 
 A question is analysed word by word (`analyzer.question_tokens`): a word the knowledge
 base uses has its morphemes in the mirror's word memo; a word it does not is analysed
-by kiwi alone (~0.04 ms each, ~9 words of a leader's question of ~30, GIL held the whole
+by kiwi alone (~0.07 ms each, ~3 words of a leader's question of ~16, GIL held the whole
 time), then cached (`WordCache`: the analysis depends on the word only). Analysing whole
 questions with kiwi on the server's one event loop made a burst of 50 turns arriving
 within 50 ms send the last of them upstream ~100 ms late (`benchmarks/streams.py
