@@ -652,8 +652,8 @@ class Settings:
     rag_word_cache: int = env(
         "RAG_WORD_CACHE",
         50_000,
-        "unknown words whose morphemes are kept after kiwi analysed them (~0.2 kB each); "
-        "0 analyses every unknown word again",
+        "unknown words (of up to 32 characters) whose morphemes are kept after kiwi analysed "
+        "them (~0.2 kB each); 0 analyses every unknown word again",
     )
     e5_threads: int = env("E5_THREADS", 1, "threads of the offline embedder")
     rag_embed_cpu_share: float = env(

@@ -69,7 +69,11 @@ def analyse(
 
 class WordCache:
     """Unknown words' morphemes (`analyzer.word_tokens`), at most `size` of them; the
-    oldest go first. A function of the word alone, so a cached answer is the answer."""
+    oldest go first. A function of the word alone, so a cached answer is the answer.
+    Words longer than `MAX_WORD_CHARS` are not kept (they rarely repeat, and a question
+    of long made-up words would otherwise fill memory a 2000-character string at a time)."""
+
+    MAX_WORD_CHARS = 32
 
     def __init__(self, size: int = 50_000) -> None:
         self.size = size
@@ -82,7 +86,7 @@ class WordCache:
         return self._forms.get(word)
 
     def put(self, word: str, forms: Sequence[str]) -> None:
-        if self.size <= 0:
+        if self.size <= 0 or len(word) > self.MAX_WORD_CHARS:
             return
         if len(self._forms) >= self.size:
             del self._forms[next(iter(self._forms))]

@@ -185,6 +185,9 @@ def test_the_word_cache_keeps_at_most_its_size_dropping_the_oldest() -> None:
     off = WordCache(0)
     off.put("윗분", ["윗분"])
     assert len(off) == 0 and off.get("윗분") is None
+    long_word = "가" * (WordCache.MAX_WORD_CHARS + 1)
+    cache.put(long_word, ["가"])
+    assert cache.get(long_word) is None, "a long word is analysed again, not kept"
 
 
 async def test_a_prefetched_search_ranks_exactly_like_a_plain_one(
