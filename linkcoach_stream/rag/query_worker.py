@@ -223,6 +223,8 @@ class QueryAnalyzer:
             if not line:
                 return
             if not self._pending:
+                if not self._ready:
+                    continue  # killed as stuck: its questions went to the fallback already
                 raise RuntimeError("query analyzer process answered a question not asked")
             future, _ = self._pending.popleft()
             self._answered_at = time.monotonic()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import time
@@ -124,17 +125,40 @@ async def test_a_stuck_query_process_is_killed_and_its_questions_answered_here(
 async def test_a_slow_query_process_that_still_answers_is_not_replaced() -> None:
     # 60 lines of 300 words take the child well past the timeout, but it answers one
     # every few tens of ms: it is busy, not stuck.
-    analyzer = QueryAnalyzer(timeout_s=0.3)
+    analyzer = QueryAnalyzer(timeout_s=1.0)
     await analyzer.start()
     try:
-        long = [[f"{n}번째회의가", "너무", "길어서", "지쳐요"] * 75 for n in range(60)]
+        line = ["회의가", "너무", "길어서", "지쳐요"] * 75
+        started = time.monotonic()
+        await analyzer.analyse_words(line)
+        each_s = time.monotonic() - started
+        # Enough lines to keep it busy for three timeouts, one answer every each_s.
+        count = max(20, math.ceil(3 * analyzer.timeout_s / each_s))
+        long = [[f"{n}번째{w}" for w in line] for n in range(count)]
         started = time.monotonic()
         answers = await asyncio.gather(*(analyzer.analyse_words(w) for w in long))
         assert time.monotonic() - started > analyzer.timeout_s, "the queue outlasted it"
         assert answers == [here(w) for w in long]
-        assert analyzer.starts == 1 and analyzer.remote == len(long) and analyzer.inline == 0
+        assert analyzer.starts == 1 and analyzer.remote == len(long) + 1 and analyzer.inline == 0
     finally:
         await analyzer.close()
+
+
+async def test_answers_left_in_the_pipe_of_a_child_killed_as_stuck_are_dropped() -> None:
+    # The loop stalled past the timeout while the child went on answering: the watchdog
+    # gave its questions to the fallback and killed it; the lines it had written still
+    # come in and belong to no one.
+    analyzer = QueryAnalyzer()
+    stale = asyncio.StreamReader()
+    stale.feed_data(b'[["\xed\x9a\x8c\xec\x9d\x98"]]\n[["a"]]\n')
+    stale.feed_eof()
+    await analyzer._read(stale)  # not ready: dropped, no error
+    alive = asyncio.StreamReader()
+    alive.feed_data(b'[["a"]]\n')
+    alive.feed_eof()
+    analyzer._ready = True
+    with pytest.raises(RuntimeError, match="not asked"):
+        await analyzer._read(alive)
 
 
 async def test_ctrl_c_in_a_terminal_does_not_end_the_query_process(
