@@ -6,7 +6,9 @@ conversation or report it continues is read (a repeated `client_message_id` repl
 earlier answer here); the daily budget is checked; context is retrieved; the turn takes
 one of its user's stream slots; the user's message and an empty `streaming` assistant
 message are stored in one transaction; the generation job starts and owns both slots
-(`leases.py`). `events` then yields the turn's events (`meta`, `delta`..., then `done`
+(`leases.py`). A new conversation's first turn starts its job before the INSERT, so the
+provider's request goes out while the rows are written; the job emits nothing until
+they are (`generation.py`). `events` then yields the turn's events (`meta`, `delta`..., then `done`
 or `error`, built by `events.py`) from any point, on any instance. Transports only
 translate events into frames.
 
@@ -28,6 +30,7 @@ dead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -61,7 +64,7 @@ from .leases import Leases
 from .persist import PartialWriter
 from .pii import mask_turn
 from .ratelimit import Limiter, NullLimiter
-from .streams import Job, ProducerLost, StreamHub
+from .streams import CancelReason, Job, ProducerLost, StreamHub
 from .usage import check_budget
 
 _HISTORY_ROWS = 40
@@ -249,10 +252,83 @@ class ChatService:
         message_id: uuid.UUID,
         leases: Leases,
     ) -> TurnStarted:
-        sources = sources_of(passages)
-        history_rows: list[asyncpg.Record] = []
         if conversation is None:
-            conversation_id = uuid.uuid4()
+            return await self._start_conversation(
+                user=user,
+                req=req,
+                question=question,
+                code=code,
+                passages=passages,
+                message_id=message_id,
+                leases=leases,
+            )
+        sources = sources_of(passages)
+        conversation_id = conversation["id"]
+        async with self.pool.acquire() as conn, conn.transaction():
+            history_rows = await repo.recent_history(
+                conn, conversation_id=conversation_id, limit=_HISTORY_ROWS
+            )
+            user_msg = await repo.insert_user_message(
+                conn,
+                conversation_id=conversation_id,
+                user_id=user.user_id,
+                content=question,
+                client_message_id=req.client_message_id,
+            )
+            if user_msg is None:
+                # A concurrent request with the same client_message_id won the insert.
+                assert req.client_message_id is not None
+                existing = await repo.find_turn_by_client_id(
+                    conn,
+                    conversation_id=conversation_id,
+                    client_message_id=req.client_message_id,
+                )
+                assert existing is not None
+                return self._replayed(conversation_id, existing[1])
+            await repo.insert_assistant_message(
+                conn,
+                message_id=message_id,
+                conversation_id=conversation_id,
+                user_id=user.user_id,
+                reply_to=user_msg["id"],
+                provider=self.provider.name,
+                model=self.provider.model,
+                sources=sources,
+            )
+            await repo.touch_conversation(conn, conversation_id=conversation_id)
+
+        turns = (
+            list(req.history)
+            if req.history is not None
+            else [Turn(r["role"], r["content"]) for r in history_rows]
+        )
+        prompt = self.prompt(turns=turns, question=question, passages=passages, code=code)
+        started = TurnStarted(str(conversation_id), str(message_id), sources, replayed=False)
+        self.start_generation(started=started, prompt=prompt, leases=leases)
+        return started
+
+    async def _start_conversation(
+        self,
+        *,
+        user: Principal,
+        req: TurnRequest,
+        question: str,
+        code: str | None,
+        passages: Sequence[PassageLike],
+        message_id: uuid.UUID,
+        leases: Leases,
+    ) -> TurnStarted:
+        """A new conversation's first turn. Its prompt needs nothing stored, so the job
+        starts first and sends the provider's request while the rows are inserted; it
+        emits nothing until they are (`Generation.run`, `stored`)."""
+        sources = sources_of(passages)
+        conversation_id = uuid.uuid4()
+        turns = list(req.history) if req.history is not None else []
+        prompt = self.prompt(turns=turns, question=question, passages=passages, code=code)
+        started = TurnStarted(str(conversation_id), str(message_id), sources, replayed=False)
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        job = self.start_generation(started=started, prompt=prompt, leases=leases, stored=stored)
+        try:
             async with self.pool.acquire() as conn:
                 await repo.start_conversation(
                     conn,
@@ -268,49 +344,13 @@ class ChatService:
                     model=self.provider.model,
                     sources=sources,
                 )
-        else:
-            conversation_id = conversation["id"]
-            async with self.pool.acquire() as conn, conn.transaction():
-                history_rows = await repo.recent_history(
-                    conn, conversation_id=conversation_id, limit=_HISTORY_ROWS
-                )
-                user_msg = await repo.insert_user_message(
-                    conn,
-                    conversation_id=conversation_id,
-                    user_id=user.user_id,
-                    content=question,
-                    client_message_id=req.client_message_id,
-                )
-                if user_msg is None:
-                    # A concurrent request with the same client_message_id won the insert.
-                    assert req.client_message_id is not None
-                    existing = await repo.find_turn_by_client_id(
-                        conn,
-                        conversation_id=conversation_id,
-                        client_message_id=req.client_message_id,
-                    )
-                    assert existing is not None
-                    return self._replayed(conversation_id, existing[1])
-                await repo.insert_assistant_message(
-                    conn,
-                    message_id=message_id,
-                    conversation_id=conversation_id,
-                    user_id=user.user_id,
-                    reply_to=user_msg["id"],
-                    provider=self.provider.name,
-                    model=self.provider.model,
-                    sources=sources,
-                )
-                await repo.touch_conversation(conn, conversation_id=conversation_id)
-
-        turns = (
-            list(req.history)
-            if req.history is not None
-            else [Turn(r["role"], r["content"]) for r in history_rows]
-        )
-        prompt = self.prompt(turns=turns, question=question, passages=passages, code=code)
-        started = TurnStarted(str(conversation_id), str(message_id), sources, replayed=False)
-        self.start_generation(started=started, prompt=prompt, leases=leases)
+        except BaseException:
+            # Not stored: the request fails as before, and the provider's is dropped.
+            stored.cancel()
+            job.cancel(CancelReason.SHUTDOWN)
+            raise
+        self.generation.announce(job, started)
+        stored.set_result(None)
         return started
 
     async def context(
@@ -344,11 +384,19 @@ class ChatService:
             leadership_code=code,
         )
 
-    def start_generation(self, *, started: TurnStarted, prompt: ChatPrompt, leases: Leases) -> Job:
-        """Start the job that writes `started`'s answer; it takes over `leases`."""
+    def start_generation(
+        self,
+        *,
+        started: TurnStarted,
+        prompt: ChatPrompt,
+        leases: Leases,
+        stored: asyncio.Future[None] | None = None,
+    ) -> Job:
+        """Start the job that writes `started`'s answer; it takes over `leases`. With
+        `stored`, the turn's rows are still being inserted (`Generation.run`)."""
         return self.hub.start_job(
             started.message_id,
-            lambda job: self.generation.run(job, started=started, prompt=prompt),
+            lambda job: self.generation.run(job, started=started, prompt=prompt, stored=stored),
             leases=leases.hand_over(),
         )
 

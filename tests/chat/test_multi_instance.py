@@ -97,7 +97,7 @@ async def test_cancel_sent_to_another_instance_stops_the_generation(
 
 
 async def test_a_finished_answer_replays_on_the_other_instance(
-    gclient: httpx.AsyncClient, second_instance: ServerProcess
+    gemini_server: RunningServer, gclient: httpx.AsyncClient, second_instance: ServerProcess
 ) -> None:
     user = await make_user(gclient)
     async with gclient.stream(
@@ -105,6 +105,8 @@ async def test_a_finished_answer_replays_on_the_other_instance(
     ) as r:
         events = await read_sse(r)
     mid = events[0].data["message_id"]
+    # The same events, ids and all, from the log (asked sooner, the stored row replays).
+    await _logged_end(gemini_server.settings, mid)
     async with httpx.AsyncClient(base_url=second_instance.url, timeout=30) as other:
         async with other.stream(
             "GET", f"/api/v1/coaching/streams/{mid}", headers=user.headers
@@ -114,19 +116,29 @@ async def test_a_finished_answer_replays_on_the_other_instance(
     assert text_of(replay) == text_of(events)
 
 
-async def _expire_buffer(settings: Settings, message_id: str) -> None:
-    """Let Redis expire the stream's event log, as STREAM_BUFFER_TTL does, once the
-    batched writer has put the terminal event in it (it would recreate the key)."""
+async def _logged_end(settings: Settings, message_id: str) -> None:
+    """Wait for the batched writer (every 25 ms) to put the terminal event in the
+    event log: a reader who asks before then is given the stored row instead."""
     redis = aioredis.from_url(settings.redis_url)
     key = f"{settings.redis_prefix}ev:{message_id}"
     try:
         for _ in range(250):
             last = await redis.xrevrange(key, count=1)
             if last and last[0][1][b"e"] in (b"done", b"error"):
-                break
+                return
             await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("the terminal event never reached the event log")
+        raise AssertionError("the terminal event never reached the event log")
+    finally:
+        await redis.aclose()
+
+
+async def _expire_buffer(settings: Settings, message_id: str) -> None:
+    """Let Redis expire the stream's event log, as STREAM_BUFFER_TTL does, once the
+    batched writer has put the terminal event in it (it would recreate the key)."""
+    await _logged_end(settings, message_id)
+    redis = aioredis.from_url(settings.redis_url)
+    key = f"{settings.redis_prefix}ev:{message_id}"
+    try:
         await redis.pexpire(key, 1)
         for _ in range(250):
             if not await redis.exists(key):
