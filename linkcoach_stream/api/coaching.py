@@ -44,10 +44,11 @@ def _chat(request: Request) -> ChatService:
 
 async def query_stream(request: Request) -> sse.EventStream:
     _refuse_if_busy(request)
-    user = await require_user(request)
+    # Looked up by the turn's first statement (`start_turn`, `confirmed=False`).
+    user = await require_user(request, look_up=False)
     body = await read_model(request, QueryRequest)
     chat = _chat(request)
-    started = await chat.start_turn(user, body.turn())
+    started = await chat.start_turn(user, body.turn(), confirmed=False)
     events = await chat.turn_events(user, started)
     return sse.response(request, events, message_id=started.message_id)
 
@@ -100,10 +101,11 @@ def turn_result(outcome: TurnOutcome) -> tuple[dict[str, Any], int]:
 
 async def query(request: Request) -> JSON:
     _refuse_if_busy(request)
-    user = await require_user(request)
+    # Looked up by the turn's first statement (`start_turn`, `confirmed=False`).
+    user = await require_user(request, look_up=False)
     body = await read_model(request, QueryRequest)
     chat = _chat(request)
-    started = await chat.start_turn(user, body.turn())
+    started = await chat.start_turn(user, body.turn(), confirmed=False)
     outcome = await collect(await chat.turn_events(user, started))
     result, status = turn_result(outcome)
     return JSON(result, status_code=status)

@@ -12,10 +12,9 @@ from pydantic_core import PydanticCustomError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from ..db.repositories import users
 from ..domain.taxonomy import leadership_code
 from ..errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized, ValidationFailed
-from ..services.auth import Principal
+from ..services.auth import Principal, confirm_user
 from ..state import state_of
 from ..tracing import part
 
@@ -114,12 +113,14 @@ def client_ip(conn: HTTPConnection) -> str:
     return conn.client.host if conn.client else "unknown"
 
 
-async def authenticate_token(conn: HTTPConnection, token: str) -> Principal:
+async def authenticate_token(
+    conn: HTTPConnection, token: str, *, look_up: bool = True
+) -> Principal:
     with part("auth"):
-        return await _authenticate(conn, token)
+        return await _authenticate(conn, token, look_up=look_up)
 
 
-async def _authenticate(conn: HTTPConnection, token: str) -> Principal:
+async def _authenticate(conn: HTTPConnection, token: str, *, look_up: bool) -> Principal:
     state = state_of(conn)
     try:
         principal: Principal = state.tokens.verify_access(token)
@@ -128,15 +129,19 @@ async def _authenticate(conn: HTTPConnection, token: str) -> Principal:
         await state.limiter.hit("auth_failures", client_ip(conn))
         raise
     await state.limiter.hit("user", principal.user_id)
-    async with state.db.acquire() as db:
-        if not await users.is_active(db, user_id=principal.user_id):
-            raise Unauthorized("the token's user does not exist", code="unknown_user")
+    if look_up:
+        async with state.db.acquire() as db:
+            await confirm_user(db, principal)
     conn.state.user_id = principal.user_id
     return principal
 
 
-async def require_user(conn: HTTPConnection) -> Principal:
-    return await authenticate_token(conn, bearer_token(conn))
+async def require_user(conn: HTTPConnection, *, look_up: bool = True) -> Principal:
+    """The token's user. With `look_up=False` the token is verified and the user's
+    request limit paid, but the user is not looked up: the caller's first statement must
+    do it (a chat turn: `ChatService.start_turn(..., confirmed=False)`, whose INSERT or
+    conversation read does, saving a pooled connection and a round trip per turn)."""
+    return await authenticate_token(conn, bearer_token(conn), look_up=look_up)
 
 
 def leadership_type_field(value: str | None) -> str | None:

@@ -46,7 +46,7 @@ from ..db.repositories import users
 from ..errors import AppError, Forbidden, RateLimited, ServerShutdown, Unauthorized
 from ..server import SHUTDOWN_EXTENSION
 from ..services import answers
-from ..services.auth import Principal
+from ..services.auth import Principal, unknown_user
 from ..services.chat import ChatService
 from ..services.events import StreamEvent
 from ..state import state_of
@@ -117,7 +117,7 @@ class Session:
         async with state_of(self.ws).db.acquire() as db:
             if await users.is_active(db, user_id=self.user.user_id):
                 return True
-        await self.close_with(Unauthorized("the token's user does not exist", code="unknown_user"))
+        await self.close_with(unknown_user())
         return False
 
     def forward(self, message_id: str, events: AsyncIterator[StreamEvent], after: int = 0) -> None:

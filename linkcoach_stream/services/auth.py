@@ -39,6 +39,17 @@ class Principal:
     expires_at: int
 
 
+def unknown_user() -> Unauthorized:
+    """A valid token whose user was deleted (or never existed)."""
+    return Unauthorized("the token's user does not exist", code="unknown_user")
+
+
+async def confirm_user(conn: asyncpg.Connection, user: Principal) -> None:
+    """Raise `unknown_user` unless the token's user exists and is not deleted."""
+    if not await users.is_active(conn, user_id=user.user_id):
+        raise unknown_user()
+
+
 @dataclass(frozen=True, slots=True)
 class TokenPair:
     access_token: str

@@ -6,9 +6,7 @@ conversation or report it continues is read (a repeated `client_message_id` repl
 earlier answer here); the daily budget is checked; context is retrieved; the turn takes
 one of its user's stream slots; the user's message and an empty `streaming` assistant
 message are stored in one transaction; the generation job starts and owns both slots
-(`leases.py`). A new conversation's first turn starts its job before the INSERT, so the
-provider's request goes out while the rows are written; the job emits nothing until
-they are (`generation.py`). `events` then yields the turn's events (`meta`, `delta`..., then `done`
+(`leases.py`). `events` then yields the turn's events (`meta`, `delta`..., then `done`
 or `error`, built by `events.py`) from any point, on any instance. Transports only
 translate events into frames.
 
@@ -30,7 +28,6 @@ dead.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -57,14 +54,14 @@ from ..tracing import current as current_timings
 from ..tracing import part
 from . import events as ev
 from .admission import Admission
-from .auth import Principal
+from .auth import Principal, confirm_user, unknown_user
 from .events import StreamEvent, TurnOutcome
 from .generation import Generation
 from .leases import Leases
 from .persist import PartialWriter
 from .pii import mask_turn
 from .ratelimit import Limiter, NullLimiter
-from .streams import CancelReason, Job, ProducerLost, StreamHub
+from .streams import Job, ProducerLost, StreamHub
 from .usage import check_budget
 
 _HISTORY_ROWS = 40
@@ -149,20 +146,27 @@ class ChatService:
         )
 
     # -- starting a turn --------------------------------------------------------------
-    async def start_turn(self, user: Principal, req: TurnRequest) -> TurnStarted:
+    async def start_turn(
+        self, user: Principal, req: TurnRequest, *, confirmed: bool = True
+    ) -> TurnStarted:
         """Admit the turn (or raise ServerBusy before any work), start it, and hand its
-        admission slot to the generation job, which gives it back when it ends."""
+        admission slot to the generation job, which gives it back when it ends. With
+        `confirmed=False` the token's user has not been looked up yet: the turn's first
+        statement does it (the conversation read, or the new conversation's INSERT) and
+        refuses with `unknown_user` before anything is stored or sent to the model."""
         timings = current_timings()
         if timings is not None and not timings.per_turn:
-            return await self._admit_and_start(user, req)
+            return await self._admit_and_start(user, req, confirmed)
         # A WebSocket turn: the socket outlives its turns, so each gets its own timings and
         # its own `turn` span (the request's span, for HTTP).
         begin_timings(self.tracer, per_turn=True)
         with part("turn"):
-            return await self._admit_and_start(user, req)
+            return await self._admit_and_start(user, req, confirmed)
 
-    async def _admit_and_start(self, user: Principal, req: TurnRequest) -> TurnStarted:
-        return await self.admitted(lambda leases: self._start_turn(user, req, leases))
+    async def _admit_and_start(
+        self, user: Principal, req: TurnRequest, confirmed: bool
+    ) -> TurnStarted:
+        return await self.admitted(lambda leases: self._start_turn(user, req, leases, confirmed))
 
     async def admitted(self, start: Callable[[Leases], Awaitable[TurnStarted]]) -> TurnStarted:
         """Run `start` under an admission slot (ServerBusy when this process is full):
@@ -173,7 +177,9 @@ class ChatService:
             leases.take(self.admission.admit())
             return await start(leases)
 
-    async def _start_turn(self, user: Principal, req: TurnRequest, leases: Leases) -> TurnStarted:
+    async def _start_turn(
+        self, user: Principal, req: TurnRequest, leases: Leases, confirmed: bool
+    ) -> TurnStarted:
         question = validate_question(req.question, max_chars=self.settings.max_question_chars)
         if self.settings.pii_masking:
             # Before anything is retrieved on, stored, logged or sent to the model.
@@ -188,7 +194,9 @@ class ChatService:
             else None
         )
         try:
-            return await self._start_prefetched(user, req, leases, question, prefetched)
+            return await self._start_prefetched(
+                user, req, leases, question, prefetched, confirmed=confirmed
+            )
         finally:
             if prefetched is not None:
                 prefetched.cancel()
@@ -200,12 +208,16 @@ class ChatService:
         leases: Leases,
         question: str,
         prefetched: Any,
+        *,
+        confirmed: bool,
     ) -> TurnStarted:
         """The rest of `_start_turn`, once the question's analysis is under way."""
         code = user.leadership_type
         conversation = None
         if req.conversation_id is not None or req.report_id is not None:
             async with self.pool.acquire() as conn:
+                if not confirmed:
+                    await confirm_user(conn, user)
                 if req.conversation_id is not None:
                     conversation = await repo.get_conversation(
                         conn, conversation_id=req.conversation_id, user_id=user.user_id
@@ -252,85 +264,13 @@ class ChatService:
         message_id: uuid.UUID,
         leases: Leases,
     ) -> TurnStarted:
+        sources = sources_of(passages)
+        history_rows: list[asyncpg.Record] = []
         if conversation is None:
-            return await self._start_conversation(
-                user=user,
-                req=req,
-                question=question,
-                code=code,
-                passages=passages,
-                message_id=message_id,
-                leases=leases,
-            )
-        sources = sources_of(passages)
-        conversation_id = conversation["id"]
-        async with self.pool.acquire() as conn, conn.transaction():
-            history_rows = await repo.recent_history(
-                conn, conversation_id=conversation_id, limit=_HISTORY_ROWS
-            )
-            user_msg = await repo.insert_user_message(
-                conn,
-                conversation_id=conversation_id,
-                user_id=user.user_id,
-                content=question,
-                client_message_id=req.client_message_id,
-            )
-            if user_msg is None:
-                # A concurrent request with the same client_message_id won the insert.
-                assert req.client_message_id is not None
-                existing = await repo.find_turn_by_client_id(
-                    conn,
-                    conversation_id=conversation_id,
-                    client_message_id=req.client_message_id,
-                )
-                assert existing is not None
-                return self._replayed(conversation_id, existing[1])
-            await repo.insert_assistant_message(
-                conn,
-                message_id=message_id,
-                conversation_id=conversation_id,
-                user_id=user.user_id,
-                reply_to=user_msg["id"],
-                provider=self.provider.name,
-                model=self.provider.model,
-                sources=sources,
-            )
-            await repo.touch_conversation(conn, conversation_id=conversation_id)
-
-        turns = (
-            list(req.history)
-            if req.history is not None
-            else [Turn(r["role"], r["content"]) for r in history_rows]
-        )
-        prompt = self.prompt(turns=turns, question=question, passages=passages, code=code)
-        started = TurnStarted(str(conversation_id), str(message_id), sources, replayed=False)
-        self.start_generation(started=started, prompt=prompt, leases=leases)
-        return started
-
-    async def _start_conversation(
-        self,
-        *,
-        user: Principal,
-        req: TurnRequest,
-        question: str,
-        code: str | None,
-        passages: Sequence[PassageLike],
-        message_id: uuid.UUID,
-        leases: Leases,
-    ) -> TurnStarted:
-        """A new conversation's first turn. Its prompt needs nothing stored, so the job
-        starts first and sends the provider's request while the rows are inserted; it
-        emits nothing until they are (`Generation.run`, `stored`)."""
-        sources = sources_of(passages)
-        conversation_id = uuid.uuid4()
-        turns = list(req.history) if req.history is not None else []
-        prompt = self.prompt(turns=turns, question=question, passages=passages, code=code)
-        started = TurnStarted(str(conversation_id), str(message_id), sources, replayed=False)
-        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        job = self.start_generation(started=started, prompt=prompt, leases=leases, stored=stored)
-        try:
+            conversation_id = uuid.uuid4()
             async with self.pool.acquire() as conn:
-                await repo.start_conversation(
+                # The user's existence is checked here too (a token outlives its user).
+                stored = await repo.start_conversation(
                     conn,
                     conversation_id=conversation_id,
                     user_id=user.user_id,
@@ -344,13 +284,51 @@ class ChatService:
                     model=self.provider.model,
                     sources=sources,
                 )
-        except BaseException:
-            # Not stored: the request fails as before, and the provider's is dropped.
-            stored.cancel()
-            job.cancel(CancelReason.SHUTDOWN)
-            raise
-        self.generation.announce(job, started)
-        stored.set_result(None)
+            if not stored:
+                raise unknown_user()
+        else:
+            conversation_id = conversation["id"]
+            async with self.pool.acquire() as conn, conn.transaction():
+                history_rows = await repo.recent_history(
+                    conn, conversation_id=conversation_id, limit=_HISTORY_ROWS
+                )
+                user_msg = await repo.insert_user_message(
+                    conn,
+                    conversation_id=conversation_id,
+                    user_id=user.user_id,
+                    content=question,
+                    client_message_id=req.client_message_id,
+                )
+                if user_msg is None:
+                    # A concurrent request with the same client_message_id won the insert.
+                    assert req.client_message_id is not None
+                    existing = await repo.find_turn_by_client_id(
+                        conn,
+                        conversation_id=conversation_id,
+                        client_message_id=req.client_message_id,
+                    )
+                    assert existing is not None
+                    return self._replayed(conversation_id, existing[1])
+                await repo.insert_assistant_message(
+                    conn,
+                    message_id=message_id,
+                    conversation_id=conversation_id,
+                    user_id=user.user_id,
+                    reply_to=user_msg["id"],
+                    provider=self.provider.name,
+                    model=self.provider.model,
+                    sources=sources,
+                )
+                await repo.touch_conversation(conn, conversation_id=conversation_id)
+
+        turns = (
+            list(req.history)
+            if req.history is not None
+            else [Turn(r["role"], r["content"]) for r in history_rows]
+        )
+        prompt = self.prompt(turns=turns, question=question, passages=passages, code=code)
+        started = TurnStarted(str(conversation_id), str(message_id), sources, replayed=False)
+        self.start_generation(started=started, prompt=prompt, leases=leases)
         return started
 
     async def context(
@@ -384,19 +362,11 @@ class ChatService:
             leadership_code=code,
         )
 
-    def start_generation(
-        self,
-        *,
-        started: TurnStarted,
-        prompt: ChatPrompt,
-        leases: Leases,
-        stored: asyncio.Future[None] | None = None,
-    ) -> Job:
-        """Start the job that writes `started`'s answer; it takes over `leases`. With
-        `stored`, the turn's rows are still being inserted (`Generation.run`)."""
+    def start_generation(self, *, started: TurnStarted, prompt: ChatPrompt, leases: Leases) -> Job:
+        """Start the job that writes `started`'s answer; it takes over `leases`."""
         return self.hub.start_job(
             started.message_id,
-            lambda job: self.generation.run(job, started=started, prompt=prompt, stored=stored),
+            lambda job: self.generation.run(job, started=started, prompt=prompt),
             leases=leases.hand_over(),
         )
 

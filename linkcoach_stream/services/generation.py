@@ -7,19 +7,11 @@ terminal event. A cancelled job is finalized too, then ends cancelled.
 `ChatService` (turns) and `answers` (regenerations) start it through
 `ChatService.start_generation`; the provider is looked up at each run, so swapping the
 service's provider takes effect for the next answer.
-
-A job may start before its turn's rows are committed (`stored`, a new conversation's
-first turn): the provider's request goes out while the INSERT runs, so the write's round
-trip and its wait on a busy loop are off the path to the first token. Until `stored`
-resolves the job emits and writes nothing: the turn's start emits `meta` once the rows
-are in (`announce`), the first chunk waits for it, and a turn whose INSERT failed is
-cancelled and ends without an event or a write (its request raised to the client).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -132,35 +124,21 @@ class Generation:
     def provider(self) -> LLMProvider:
         return self._provider()
 
-    def announce(self, job: Job, started: TurnStarted) -> None:
-        """The turn's `meta`, its first event."""
+    async def run(self, job: Job, *, started: TurnStarted, prompt: ChatPrompt) -> None:
+        """Read the provider, then finalize: store the message and emit its end. A
+        cancelled job is finalized too, then ends cancelled."""
+        provider = self.provider.name
         job.emit(
             ev.meta(
                 conversation_id=started.conversation_id,
                 message_id=started.message_id,
                 sources=started.sources,
-                provider=self.provider.name,
+                provider=provider,
                 model=self.provider.model,
                 extra=started.meta,
                 timings=snapshot_ms(),
             )
         )
-
-    async def run(
-        self,
-        job: Job,
-        *,
-        started: TurnStarted,
-        prompt: ChatPrompt,
-        stored: asyncio.Future[None] | None = None,
-    ) -> None:
-        """Read the provider, then finalize: store the message and emit its end. A
-        cancelled job is finalized too, then ends cancelled. With `stored`, the rows are
-        still being written: nothing is emitted or written until it resolves (the turn's
-        start emits `meta`), and nothing at all if it fails."""
-        provider = self.provider.name
-        if stored is None:
-            self.announce(job, started)
         progress = _Progress(
             job=job,
             coalescer=Coalescer(job, interval_s=self.settings.coalesce_ms / 1000),
@@ -171,9 +149,7 @@ class Generation:
         self.metrics.active_generations.inc()
         cancelled: asyncio.CancelledError | None = None
         try:
-            await self._read(
-                progress, message_id=uuid.UUID(started.message_id), prompt=prompt, stored=stored
-            )
+            await self._read(progress, message_id=uuid.UUID(started.message_id), prompt=prompt)
             ending = Ending("complete", progress.result.finish_reason or "stop")
         except asyncio.CancelledError as exc:
             cancelled = exc
@@ -182,35 +158,20 @@ class Generation:
             ending = self._failed(exc, started=started)
         finally:
             self.metrics.active_generations.dec()
-        if stored is not None and not await _was_stored(stored):
-            # The turn never began: its INSERT failed and its request said so.
-            if cancelled is not None:
-                raise cancelled
-            return
         await self._finalize(progress, started=started, prompt=prompt, ending=ending)
         if cancelled is not None:
             raise cancelled
 
     async def _read(
-        self,
-        progress: _Progress,
-        *,
-        message_id: uuid.UUID,
-        prompt: ChatPrompt,
-        stored: asyncio.Future[None] | None = None,
+        self, progress: _Progress, *, message_id: uuid.UUID, prompt: ChatPrompt
     ) -> None:
-        """Stream the provider's answer into the coalescer, measuring as it comes; the
-        first chunk waits for `stored`."""
+        """Stream the provider's answer into the coalescer, measuring as it comes."""
         provider = self.provider.name
         stall_s = 2 * self.settings.expected_chunk_gap_ms / 1000
         # Looked up once, not per chunk (`labels()` takes a lock and builds a key).
         gaps = self.metrics.chunk_gap_seconds.labels(provider)
         async with asyncio.timeout(self.settings.llm_total_timeout_s):
             async for chunk in self.provider.stream(prompt, progress.result):
-                if stored is not None:
-                    if not stored.done():
-                        await stored
-                    stored = None
                 now = time.perf_counter()
                 if progress.first_at is None:
                     progress.first_at = now
@@ -350,11 +311,3 @@ class Generation:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 await asyncio.sleep(0.2 * 2**attempt)
         log.error("final message state not stored", extra={"message_id": str(message_id)})
-
-
-async def _was_stored(stored: asyncio.Future[None]) -> bool:
-    """Whether the turn's rows were committed, waiting for the INSERT if it still runs
-    (a job cancelled meanwhile, by a shutdown, still finalizes a turn that began)."""
-    with contextlib.suppress(Exception, asyncio.CancelledError):
-        await asyncio.shield(stored)
-    return stored.done() and not stored.cancelled() and stored.exception() is None

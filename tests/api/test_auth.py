@@ -11,7 +11,7 @@ from joserfc.jwk import OctKey
 
 from linkcoach_stream.config import ConfigError, Settings
 from linkcoach_stream.services.auth import TokenService
-from tests.conftest import API_KEY, RunningServer, User, make_user
+from tests.conftest import API_KEY, RunningServer, User, emulator_stats, make_user
 
 
 def _b64(data: dict[str, object]) -> str:
@@ -150,6 +150,56 @@ async def test_token_for_unknown_or_deleted_user_is_rejected(
     await conn.execute("DELETE FROM users WHERE id = $1", user.user_id)
     await conn.close()
     assert await _status(client, user.token) == (401, "unknown_user")
+
+
+@pytest.mark.parametrize("deletion", ["hard", "soft"])
+async def test_a_turn_for_a_deleted_user_is_refused_before_anything_is_stored_or_asked(
+    gclient: httpx.AsyncClient, gemini_server: RunningServer, emulator: str, deletion: str
+) -> None:
+    # A chat turn looks its user up in its own first statement, not in a separate
+    # query at authentication: the refusal must still come before any write or model call.
+    import asyncpg
+
+    user = await make_user(gclient)
+    r = await gclient.post(
+        "/api/v1/coaching/query", json={"question": "첫 질문"}, headers=user.headers
+    )
+    assert r.status_code == 200, r.text
+    conversation_id = r.json()["conversation_id"]
+    conn = await asyncpg.connect(gemini_server.settings.database_url)
+    try:
+        if deletion == "hard":
+            await conn.execute("DELETE FROM users WHERE id = $1", user.user_id)
+        else:
+            await conn.execute(
+                "UPDATE users SET deleted_at = now() WHERE id = $1", user.user_id
+            )
+        messages = "SELECT count(*) FROM messages WHERE user_id = $1"
+        before = await conn.fetchval(messages, user.user_id)
+        asked = (await emulator_stats(emulator))["total_requests"]
+        for path, body in [
+            ("/api/v1/coaching/query/stream", {"question": "새 대화"}),
+            ("/api/v1/coaching/query", {"question": "새 대화"}),
+            (
+                "/api/v1/coaching/query/stream",
+                {"question": "이어서", "conversation_id": conversation_id},
+            ),
+            (
+                "/api/v1/coaching/query",
+                {"question": "이어서", "conversation_id": conversation_id},
+            ),
+        ]:
+            r = await gclient.post(path, json=body, headers=user.headers)
+            assert r.status_code == 401, (path, body, r.text)
+            assert r.json()["error"]["code"] == "unknown_user"
+        assert await conn.fetchval(messages, user.user_id) == before
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM conversations WHERE user_id = $1 AND title = '새 대화'",
+            user.user_id,
+        )
+        assert (await emulator_stats(emulator))["total_requests"] == asked
+    finally:
+        await conn.close()
 
 
 async def test_refresh_rotates_and_reuse_revokes_the_family(

@@ -60,15 +60,17 @@ async def start_conversation(
     provider: str,
     model: str | None,
     sources: list[dict[str, Any]],
-) -> None:
+) -> bool:
     """A new conversation with its first user message and the `streaming` reply, in one
-    statement (one round trip, one implicit transaction). The reply's insert reads the
-    user message's row, so the user message is numbered first."""
-    await conn.execute(
+    statement (one round trip, one implicit transaction), if the user exists and is not
+    deleted; False (nothing written) if not. The reply's insert reads the user message's
+    row, so the user message is numbered first."""
+    status = await conn.execute(
         """
         WITH c AS (
             INSERT INTO conversations (id, user_id, report_id, title, leadership_type)
-            VALUES ($1, $2, $3, $4, $5)
+            SELECT $1, $2, $3, $4, $5
+            WHERE EXISTS (SELECT 1 FROM users WHERE id = $2 AND deleted_at IS NULL)
             RETURNING id
         ), u AS (
             INSERT INTO messages (id, conversation_id, user_id, role, content, status,
@@ -93,6 +95,7 @@ async def start_conversation(
         model,
         sources,
     )
+    return bool(status.endswith(" 1"))
 
 
 async def get_conversation(
