@@ -123,8 +123,8 @@ async def test_a_stuck_query_process_is_killed_and_its_questions_answered_here(
 
 
 async def test_a_slow_query_process_that_still_answers_is_not_replaced() -> None:
-    # 60 lines of 300 words take the child well past the timeout, but it answers one
-    # every few tens of ms: it is busy, not stuck.
+    # Lines of 300 words, enough of them to take the child three timeouts, but it
+    # answers one every few ms: it is busy, not stuck.
     analyzer = QueryAnalyzer(timeout_s=1.0)
     await analyzer.start()
     try:
